@@ -1,0 +1,36 @@
+# haconfd — see README.md. `make demo` and `make test` do all set-up on a
+# fresh Debian machine (they install HAProxy from Debian when missing).
+GO      ?= go
+BIN     := bin/haconfd
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all build test demo bench lint deps fmt clean
+
+all: build
+
+deps:
+	@command -v haproxy >/dev/null 2>&1 || command -v /usr/sbin/haproxy >/dev/null 2>&1 || \
+		{ echo "installing haproxy from Debian's packages"; \
+		  $(SUDO) apt-get update && $(SUDO) apt-get install -y haproxy; }
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/haconfd
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: deps lint
+	PATH="$$PATH:/usr/sbin" $(GO) test -race -count=1 -timeout 15m ./...
+
+demo: deps build
+	PATH="$$PATH:/usr/sbin" $(GO) run ./examples/demo -haconfd $(BIN)
+
+bench: deps build
+	PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN)
+
+clean:
+	rm -rf bin

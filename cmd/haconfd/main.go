@@ -1,0 +1,213 @@
+// Command haconfd keeps a running HAProxy in step with the database nodes
+// registered in etcd.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/haconfd/haconfd/internal/app"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/render"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries the process exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func execute(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+		err = ee.err
+	}
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintf(stderr, "haconfd: %s\n", line)
+		}
+	}
+	return code
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "haconfd",
+		Short: "Keep HAProxy in step with Galera nodes registered in etcd",
+		Long: `haconfd watches etcd (default prefix /components/galera), renders HAProxy
+listen sections from Go templates, validates them with haproxy -c and applies
+them with a hitless reload, rolling back when a new process fails to start.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: 2, err: err}
+	})
+	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newVersion(stdout))
+	return root
+}
+
+// load reads the Config from the command's flags, the environment and
+// --config; a bad setting exits 2.
+func load(cmd *cobra.Command) (config.Config, error) {
+	cfg, err := config.Load(cmd.Flags(), os.Environ())
+	if err != nil {
+		return cfg, &exitError{code: 2, err: err}
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch strings.ToLower(cfg.LogLevel) {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn", "warning":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// classify turns an error into an exit status: 2 for what the operator
+// gave wrong, 1 for everything else.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *render.TemplateError
+	if errors.Is(err, app.ErrConfig) || errors.As(err, &te) {
+		return &exitError{code: 2, err: err}
+	}
+	return &exitError{code: 1, err: err}
+}
+
+func newRun(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Watch etcd and keep HAProxy's config live and in step (the daemon)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load(cmd)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(cfg, stderr)
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			out, _ := stdout.(*os.File)
+			if out == nil {
+				out = os.Stdout
+			}
+			return classify(app.Run(ctx, cfg, logger, out))
+		},
+	}
+	config.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func newRender(stdout, stderr io.Writer) *cobra.Command {
+	var (
+		diff     bool
+		fromFile string
+		validate bool
+	)
+	cmd := &cobra.Command{
+		Use:   "render",
+		Short: "Dry run: render the config from etcd or a snapshot file, validate it, print it or a diff",
+		Long: `render reads the nodes once (from etcd, or from --from-file), renders the
+config, validates it with haproxy -c, and prints it. With --diff it prints a
+unified diff against the live --output file instead, and exits like diff(1):
+0 unchanged, 1 changed, 2 error.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := load(cmd)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(cfg, stderr)
+			if validate && !cmd.Flags().Changed("validate") && !haproxyFound(cfg.HAProxyBin) {
+				logger.Warn("haproxy binary not found, config not validated", "haproxy-bin", cfg.HAProxyBin)
+				validate = false
+			}
+			rev, err := app.RenderReview(cmd.Context(), cfg, fromFile, validate, logger)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			if !diff {
+				_, err := stdout.Write(rev.Output.Config)
+				return err
+			}
+			if !rev.Changed {
+				return nil
+			}
+			if _, err := io.WriteString(stdout, rev.Diff); err != nil {
+				return err
+			}
+			return &exitError{code: 1}
+		},
+	}
+	config.AddFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&diff, "diff", false, "print a unified diff against --output; exit 0 unchanged, 1 changed, 2 error")
+	cmd.Flags().StringVar(&fromFile, "from-file", "", "render from a saved snapshot (JSON) instead of etcd")
+	cmd.Flags().BoolVar(&validate, "validate", true, "validate the rendered config with haproxy -c (skipped with a warning when the binary is missing)")
+	return cmd
+}
+
+func newVersion(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print haconfd's version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := fmt.Fprintf(stdout, "haconfd %s\n", version)
+			return err
+		},
+	}
+}
+
+func haproxyFound(bin string) bool {
+	_, err := exec.LookPath(bin)
+	return err == nil
+}

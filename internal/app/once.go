@@ -1,0 +1,125 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pmezard/go-difflib/difflib"
+
+	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/watch"
+)
+
+// Review is the result of a dry-run render (`haconfd render`).
+type Review struct {
+	Output   render.Output
+	Revision int64
+	Live     []byte // the current --output file, nil if absent
+	Changed  bool   // Output.Config differs from Live
+	Diff     string // unified diff Live → rendered
+}
+
+// RenderReview renders once, from fromFile (a saved snapshot) or from a
+// single consistent read of etcd, validates the result with `haproxy -c`
+// when validate is set, and compares it with the live --output file.
+func RenderReview(ctx context.Context, cfg config.Config, fromFile string, validate bool, logger *slog.Logger) (Review, error) {
+	rend, err := NewRenderer(cfg)
+	if err != nil {
+		return Review{}, err
+	}
+	var snap watch.Snapshot
+	if fromFile != "" {
+		snap, err = watch.ReadSnapshotFile(fromFile)
+		if err != nil {
+			return Review{}, configErr(fmt.Errorf("--from-file: %w", err))
+		}
+	} else {
+		snap, err = readEtcdOnce(ctx, cfg, logger)
+		if err != nil {
+			return Review{}, err
+		}
+	}
+	out, err := rend.Render(render.Input{Revision: snap.Revision, KVs: snap.Map()})
+	if err != nil {
+		return Review{}, err
+	}
+	for _, p := range out.Problems {
+		logger.Warn("node skipped", "key", p.Key, "reason", p.Reason)
+	}
+	if validate {
+		if err := validateTemp(ctx, cfg.HAProxyBin, out.Config); err != nil {
+			return Review{}, err
+		}
+	}
+	r := Review{Output: out, Revision: snap.Revision}
+	live, err := os.ReadFile(cfg.Output)
+	switch {
+	case err == nil:
+		r.Live = live
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		return Review{}, fmt.Errorf("--output: %w", err)
+	}
+	r.Changed = !bytes.Equal(live, out.Config)
+	if r.Changed {
+		r.Diff, err = difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+			A:        difflib.SplitLines(string(live)),
+			B:        difflib.SplitLines(string(out.Config)),
+			FromFile: cfg.Output,
+			ToFile:   fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision),
+			Context:  3,
+		})
+		if err != nil {
+			return Review{}, fmt.Errorf("diff: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// validateTemp runs `haproxy -c` on cfg written to a private temp dir.
+func validateTemp(ctx context.Context, bin string, cfg []byte) error {
+	dir, err := os.MkdirTemp("", "haconfd-render-")
+	if err != nil {
+		return fmt.Errorf("validate: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, cfg, 0o600); err != nil {
+		return fmt.Errorf("validate: %w", err)
+	}
+	return haproxy.Validate(ctx, bin, path)
+}
+
+// readEtcdOnce takes one consistent snapshot of the prefixes.
+func readEtcdOnce(ctx context.Context, cfg config.Config, logger *slog.Logger) (watch.Snapshot, error) {
+	etcd, err := ConnectEtcd(ctx, cfg, logger)
+	if err != nil {
+		return watch.Snapshot{}, err
+	}
+	defer etcd.Close()
+	w, err := NewWatcher(etcd.Client, cfg, logger)
+	if err != nil {
+		return watch.Snapshot{}, err
+	}
+	wait := 2 * cfg.EtcdDialTimeout
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	out := make(chan watch.Snapshot, 1)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, out) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case s := <-out:
+		return s, nil
+	case <-ctx.Done():
+		return watch.Snapshot{}, fmt.Errorf("etcd %v: no snapshot within %s (unreachable?)", cfg.EtcdEndpoints, wait.Round(time.Second))
+	}
+}

@@ -1,0 +1,212 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/templates"
+	"github.com/haconfd/haconfd/watch"
+)
+
+// ErrConfig marks errors in what the operator gave (templates, files,
+// TLS material): the command exits 2 for them.
+var ErrConfig = errors.New("configuration error")
+
+func configErr(err error) error { return fmt.Errorf("%w: %w", ErrConfig, err) }
+
+// NewRenderer builds the renderer that cfg describes: the embedded base
+// and galera template by default, or the operator's --template, with the
+// static --base file in front.
+func NewRenderer(cfg config.Config) (*render.Renderer, error) {
+	var tmpls []render.Template
+	var base []byte
+	if cfg.Base != "" {
+		b, err := os.ReadFile(cfg.Base)
+		if err != nil {
+			return nil, configErr(fmt.Errorf("--base: %w", err))
+		}
+		base = b
+	}
+	if cfg.Template == "" {
+		names := []string{templates.Galera}
+		if cfg.Base == "" {
+			names = []string{templates.Base, templates.Galera}
+		}
+		for _, n := range names {
+			text, err := templates.File(n)
+			if err != nil {
+				return nil, fmt.Errorf("embedded template %s: %w", n, err)
+			}
+			tmpls = append(tmpls, render.Template{Name: n, Text: text})
+		}
+	} else {
+		text, err := os.ReadFile(cfg.Template)
+		if err != nil {
+			return nil, configErr(fmt.Errorf("--template: %w", err))
+		}
+		tmpls = append(tmpls, render.Template{Name: cfg.Template, Text: string(text)})
+	}
+	vars := map[string]string{
+		"bind":           cfg.Bind,
+		"check_port":     cfg.CheckPort,
+		"runtime_socket": cfg.RuntimeSocket,
+	}
+	for k, v := range cfg.Vars {
+		vars[k] = v
+	}
+	r, err := render.New(render.Options{
+		Templates: tmpls,
+		Base:      base,
+		Prefixes:  cfg.Prefixes,
+		Vars:      vars,
+		Getenv:    os.Getenv,
+	})
+	if err != nil {
+		return nil, configErr(err)
+	}
+	return r, nil
+}
+
+// NewManager builds the HAProxy manager that cfg describes.
+func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error) {
+	m, err := haproxy.New(haproxy.Options{
+		Bin:        cfg.HAProxyBin,
+		ConfigPath: cfg.Output,
+		PIDFile:    cfg.PIDFile,
+		Socket:     cfg.RuntimeSocket,
+		ReloadCmd:  cfg.ReloadCmd,
+		Settle:     cfg.Settle,
+		Logger:     logger.With("component", "haproxy"),
+	})
+	if err != nil {
+		return nil, configErr(err)
+	}
+	return m, nil
+}
+
+// Etcd is a client to the configured etcd, and the embedded server when
+// --embedded-etcd asked for one.
+type Etcd struct {
+	Client *clientv3.Client
+	server *etcdserver.Server
+}
+
+// Close closes the client and stops an embedded server.
+func (e *Etcd) Close() {
+	if e.Client != nil {
+		_ = e.Client.Close()
+	}
+	if e.server != nil {
+		e.server.Close()
+	}
+}
+
+// ConnectEtcd starts the embedded etcd if asked and returns a client.
+// The client does not wait for etcd: an unreachable etcd is retried by
+// the watcher, never turned into an empty config.
+func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*Etcd, error) {
+	e := &Etcd{}
+	endpoints := cfg.EtcdEndpoints
+	if cfg.EmbeddedEtcd != "" {
+		srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: cfg.EmbeddedEtcd, ClientURL: cfg.EmbeddedEtcdURL})
+		if err != nil {
+			return nil, fmt.Errorf("--embedded-etcd %s: %w", cfg.EmbeddedEtcd, err)
+		}
+		e.server = srv
+		endpoints = srv.Endpoints()
+		logger.Info("embedded etcd started", "endpoints", endpoints, "dir", cfg.EmbeddedEtcd)
+	}
+	var tlsCfg *tls.Config
+	if cfg.EtcdCA != "" || cfg.EtcdCert != "" {
+		info := transport.TLSInfo{TrustedCAFile: cfg.EtcdCA, CertFile: cfg.EtcdCert, KeyFile: cfg.EtcdKey}
+		c, err := info.ClientConfig()
+		if err != nil {
+			e.Close()
+			return nil, configErr(fmt.Errorf("etcd TLS: %w", err))
+		}
+		tlsCfg = c
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          cfg.EtcdDialTimeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Username:             cfg.EtcdUsername,
+		Password:             cfg.EtcdPassword,
+		TLS:                  tlsCfg,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	e.Client = cli
+	return e, nil
+}
+
+// NewWatcher returns the etcd source for cfg's prefixes.
+func NewWatcher(cli *clientv3.Client, cfg config.Config, logger *slog.Logger) (*watch.Etcd, error) {
+	w, err := watch.NewEtcd(cli, watch.Options{
+		Prefixes: cfg.Prefixes,
+		Logger:   logger.With("component", "watch"),
+	})
+	if err != nil {
+		return nil, configErr(err)
+	}
+	return w, nil
+}
+
+// Run is `haconfd run`: wire everything from cfg and drive the loop until
+// ctx ends.
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File) error {
+	rend, err := NewRenderer(cfg)
+	if err != nil {
+		return err
+	}
+	mgr, err := NewManager(cfg, logger)
+	if err != nil {
+		return err
+	}
+	etcd, err := ConnectEtcd(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	src, err := NewWatcher(etcd.Client, cfg, logger)
+	if err != nil {
+		return err
+	}
+	loop := New(src, rend, mgr, Options{
+		WaitMin:    cfg.WaitMin,
+		WaitMax:    cfg.WaitMax,
+		MinServers: cfg.MinServers,
+		Once:       cfg.Once,
+		DryRun:     cfg.DryRun,
+		DryRunOut:  stdout,
+		Checker:    mgr,
+		Logger:     logger.With("component", "loop"),
+	})
+	logger.Info("haconfd running", "prefixes", cfg.Prefixes, "output", cfg.Output, "wait", cfg.Wait)
+	err = loop.Run(ctx)
+	if cfg.StopHAProxyOnExit && !cfg.DryRun {
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if serr := mgr.Stop(stopCtx); serr != nil {
+			logger.Error("stopping haproxy", "err", serr)
+		}
+	}
+	return err
+}

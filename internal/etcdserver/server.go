@@ -1,0 +1,265 @@
+// Package etcdserver runs an in-process etcd (go.etcd.io/etcd/server/v3/embed)
+// for `haconfd run --embedded-etcd`, for tests and for end-to-end tests.
+package etcdserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// ErrInvalidOptions is wrapped by every error Start returns for bad Options.
+var ErrInvalidOptions = errors.New("invalid etcd server options")
+
+// ErrNotReady is wrapped by the error Start returns when etcd does not
+// become ready within the start timeout.
+var ErrNotReady = errors.New("etcd server not ready")
+
+// startTimeout bounds how long Start waits for etcd to become ready when
+// the context given to Start has no earlier deadline.
+const startTimeout = 60 * time.Second
+
+// Options configures an in-process etcd member.
+type Options struct {
+	// Dir is the data directory (required). An existing directory is
+	// reused, so a server can be stopped and started again on it.
+	Dir string
+	// ClientURL is the URL clients connect to, e.g. "http://127.0.0.1:2379".
+	// Empty means http://127.0.0.1 on a free port chosen by the kernel.
+	ClientURL string
+	// Logger receives etcd's warnings and errors. Nil silences etcd.
+	Logger *slog.Logger
+}
+
+// memberConfig holds settings only used inside this package: cluster
+// membership for StartCluster and durability trade-offs for tests.
+type memberConfig struct {
+	name           string
+	peerURL        string // empty: a free port on 127.0.0.1
+	initialCluster string // empty: this member alone
+	existing       bool   // join as ClusterStateFlagExisting
+	noFsync        bool
+	tickMs         uint
+	electionMs     uint
+}
+
+// Server is a running in-process etcd member.
+type Server struct {
+	etcd      *embed.Etcd
+	dir       string
+	endpoints []string
+	peerURL   string
+	logger    *slog.Logger
+	closeOnce sync.Once
+}
+
+// Start starts an etcd member and waits until it is ready to serve clients,
+// at most until ctx is done or a bounded start timeout passes.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	return start(ctx, opts, memberConfig{})
+}
+
+func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) {
+	if strings.TrimSpace(opts.Dir) == "" {
+		return nil, fmt.Errorf("etcd data dir: %w: must not be empty", ErrInvalidOptions)
+	}
+	if opts.ClientURL != "" {
+		if _, err := parseListenURL(opts.ClientURL); err != nil {
+			return nil, fmt.Errorf("etcd client URL %q: %w: %w", opts.ClientURL, ErrInvalidOptions, err)
+		}
+	}
+	if mc.peerURL != "" {
+		if _, err := parseListenURL(mc.peerURL); err != nil {
+			return nil, fmt.Errorf("etcd peer URL %q: %w: %w", mc.peerURL, ErrInvalidOptions, err)
+		}
+	}
+	// A port picked by listening on :0 and closing again may be taken by
+	// someone else before etcd binds it; try again with new ports then.
+	var lastErr error
+	for range 5 {
+		s, err := startOnce(ctx, opts, mc)
+		if err == nil {
+			return s, nil
+		}
+		lastErr = err
+		pickedPorts := opts.ClientURL == "" || mc.peerURL == ""
+		if !pickedPorts || !errors.Is(err, syscall.EADDRINUSE) || ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, error) {
+	clientURL := opts.ClientURL
+	if clientURL == "" {
+		u, err := freeURL()
+		if err != nil {
+			return nil, err
+		}
+		clientURL = u
+	}
+	peerURL := mc.peerURL
+	if peerURL == "" {
+		u, err := freeURL()
+		if err != nil {
+			return nil, err
+		}
+		peerURL = u
+	}
+	cu, err := parseListenURL(clientURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client URL %q: %w: %w", clientURL, ErrInvalidOptions, err)
+	}
+	pu, err := parseListenURL(peerURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd peer URL %q: %w: %w", peerURL, ErrInvalidOptions, err)
+	}
+
+	cfg := embed.NewConfig()
+	cfg.Name = "haconfd"
+	if mc.name != "" {
+		cfg.Name = mc.name
+	}
+	cfg.Dir = opts.Dir
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*pu}
+	cfg.AdvertisePeerUrls = []url.URL{*pu}
+	cfg.InitialCluster = mc.initialCluster
+	if cfg.InitialCluster == "" {
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	}
+	cfg.InitialClusterToken = "haconfd"
+	if mc.existing {
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	}
+	// Shorter than etcd's 100ms/1s defaults: a member on this machine
+	// becomes leader (and ready) in tens of milliseconds instead of ~1s.
+	cfg.TickMs, cfg.ElectionMs = 50, 500
+	if mc.tickMs != 0 {
+		cfg.TickMs, cfg.ElectionMs = mc.tickMs, mc.electionMs
+	}
+	cfg.UnsafeNoFsync = mc.noFsync
+	cfg.EnableGRPCGateway = false
+	cfg.LogLevel = "error"
+	if opts.Logger != nil {
+		cfg.LogLevel = "warn"
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(newZapLogger(opts.Logger))
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start etcd in %s on %s: %w", opts.Dir, clientURL, err)
+	}
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("start etcd in %s on %s: %w", opts.Dir, clientURL, err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("start etcd in %s on %s: %w: %w", opts.Dir, clientURL, ErrNotReady, ctx.Err())
+	}
+	return &Server{
+		etcd:      e,
+		dir:       opts.Dir,
+		endpoints: []string{cu.String()},
+		peerURL:   pu.String(),
+		logger:    opts.Logger,
+	}, nil
+}
+
+// Endpoints returns the client URLs of the server.
+func (s *Server) Endpoints() []string {
+	return append([]string(nil), s.endpoints...)
+}
+
+// Dir returns the data directory of the server.
+func (s *Server) Dir() string { return s.dir }
+
+// Client returns a new client connected to the server; the caller closes it.
+func (s *Server) Client() (*clientv3.Client, error) {
+	return newClient(s.endpoints, s.logger)
+}
+
+// IsLeader reports whether this member is the raft leader.
+func (s *Server) IsLeader() bool {
+	return s.etcd.Server.Leader() == s.etcd.Server.MemberID()
+}
+
+// Close stops the server. It is safe to call more than once.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.etcd.Close()
+	})
+}
+
+func newClient(endpoints []string, l *slog.Logger) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      newZapLogger(l),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)
+	}
+	return cli, nil
+}
+
+// parseListenURL checks that raw is an http URL with an IP host and a port,
+// as etcd needs to bind it.
+func parseListenURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "http" {
+		return nil, fmt.Errorf("scheme must be http, got %q", u.Scheme)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return nil, errors.New("must be http://IP:PORT with no path, query or user")
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("want http://IP:PORT: %w", err)
+	}
+	if net.ParseIP(host) == nil {
+		return nil, fmt.Errorf("host %q is not an IP address", host)
+	}
+	if port == "" || port == "0" {
+		return nil, errors.New("port must be set and not 0")
+	}
+	u.Path = ""
+	return u, nil
+}
+
+// freeURL returns http://127.0.0.1:PORT with a port the kernel just handed
+// out.
+func freeURL() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	return "http://" + addr, nil
+}

@@ -1,0 +1,122 @@
+// Package testbed has the small real parts that the demo, the e2e tests
+// and the benchmarks share: TCP backends that answer their own id, a
+// client that asks through HAProxy which backend served it, and free
+// loopback ports.
+package testbed
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Backend is a TCP server on 127.0.0.1 that writes its ID and a newline
+// to every connection, then closes it.
+type Backend struct {
+	ID   string
+	Addr string // 127.0.0.1:port
+	Port int
+
+	ln   net.Listener
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	hits int
+}
+
+// StartBackend starts a backend on a free port.
+func StartBackend(id string) (*Backend, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", id, err)
+	}
+	b := &Backend{ID: id, Addr: ln.Addr().String(), Port: ln.Addr().(*net.TCPAddr).Port, ln: ln}
+	b.wg.Add(1)
+	go b.serve()
+	return b, nil
+}
+
+func (b *Backend) serve() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			return
+		}
+		b.mu.Lock()
+		b.hits++
+		b.mu.Unlock()
+		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte(b.ID + "\n"))
+		_ = c.Close()
+	}
+}
+
+// Hits is the number of connections the backend accepted.
+func (b *Backend) Hits() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hits
+}
+
+// Close stops the backend and waits for its goroutine.
+func (b *Backend) Close() {
+	_ = b.ln.Close()
+	b.wg.Wait()
+}
+
+// Ask connects to addr and returns the line the backend behind it
+// wrote (its ID).
+func Ask(addr string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read from %s: %w", addr, err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreeAddr is 127.0.0.1:<free port>.
+func FreeAddr() (string, error) {
+	p, err := FreePort()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
+
+// ErrTimeout is returned by Poll when the condition never held.
+var ErrTimeout = errors.New("condition not met before the deadline")
+
+// Poll calls cond every interval until it returns true or timeout passes.
+func Poll(timeout, interval time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrTimeout
+		}
+		time.Sleep(interval)
+	}
+}

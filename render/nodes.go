@@ -1,0 +1,582 @@
+package render
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DefaultPort is the port of a node that publishes no port.
+const DefaultPort = 3306
+
+// DefaultWeight is HAProxy's default server weight.
+const DefaultWeight = 1
+
+// MaxWeight is the largest weight HAProxy accepts.
+const MaxWeight = 256
+
+// maxIDLen is the longest node id accepted (the length of a DNS name).
+const maxIDLen = 253
+
+// maxTokenLen bounds service_instance_name and state values.
+const maxTokenLen = 253
+
+// Node is one validated database node found under a prefix.
+type Node struct {
+	ID                  string // the etcd id segment below the prefix
+	Name                string // stable HAProxy-safe server name derived from ID, unique within a prefix
+	Key                 string // prefix + "/" + id
+	IP                  string // IP literal (canonical form) or RFC 1123 host name
+	Port                int    // 1-65535, DefaultPort when absent
+	Addr                string // ip:port, IPv6 bracketed
+	Host                string // optional RFC 1123 host name (or IP literal)
+	ServiceInstanceName string // optional token [A-Za-z0-9_.:@-]
+	Weight              int    // 0-256, DefaultWeight when absent
+	State               string // "" if unpublished, else the Galera state comment ("Synced", "Donor/Desynced", ...)
+	Index               int    // wsrep_local_index, -1 when unknown
+}
+
+// Synced reports whether the node may take traffic: it published no state
+// (nothing says otherwise) or its state is "Synced".
+func (n Node) Synced() bool { return n.State == "" || n.State == "Synced" }
+
+// Service is the set of valid nodes under one watched prefix.
+type Service struct {
+	Name   string // HAProxy-safe last path element of Prefix, e.g. "galera"
+	Prefix string
+	Nodes  []Node
+}
+
+// Problem is a node that was skipped (or a key that could not be used), with
+// the reason. It is an error so that callers can log or join it.
+type Problem struct {
+	Key    string
+	Reason string
+}
+
+// Error returns "node <Key>: <Reason>" on one line; a key with odd characters
+// is quoted.
+func (p Problem) Error() string {
+	return "node " + quoteIfOdd(p.Key) + ": " + oneLine(p.Reason)
+}
+
+// Directory-style fields, as written by the original fleet discovery unit
+// (plus the optional state/weight/index ones).
+const (
+	fieldIP       = "ip"
+	fieldPort     = "port"
+	fieldHost     = "host"
+	fieldSIN      = "service_instance_name"
+	fieldWeight   = "weight"
+	fieldState    = "state"
+	fieldWsrepSC  = "wsrep_local_state_comment"
+	fieldIndex    = "index"
+	fieldWsrepIdx = "wsrep_local_index"
+)
+
+// isKnownState reports whether s is a Galera wsrep_local_state_comment
+// value; those, including the ones with spaces, are accepted verbatim. Any
+// other state must be a token of [A-Za-z0-9_.:/-].
+func isKnownState(s string) bool {
+	switch s {
+	case "Synced",
+		"Donor/Desynced",
+		"Donor",
+		"Desynced",
+		"Joining",
+		"Joined",
+		"Initialized",
+		"Destroyed",
+		"Error",
+		"Inconsistent",
+		"Waiting on SST",
+		"Waiting for SST",
+		"Joining: preparing for State Transfer",
+		"Joining: requested State Transfer",
+		"Joining: receiving State Transfer",
+		"Joining: State Transfer request failed",
+		"Joining: State Transfer failed":
+		return true
+	}
+	return false
+}
+
+// rawNode gathers the raw etcd values found for one id before validation.
+type rawNode struct {
+	value  *string           // value style: <prefix>/<id> = value
+	fields map[string]string // directory style: <prefix>/<id>/<field> = value
+}
+
+// fields of a node after merging both styles, still unvalidated.
+type nodeFields struct {
+	ip, port, host, sin, weight, state, index string
+}
+
+// ParseNodes returns the valid nodes under prefix, sorted by ID, and one
+// Problem per id that was skipped. Keys that are not below prefix+"/", the
+// prefix key itself and keys more than one level below an id are ignored.
+//
+// Both layouts are accepted, also mixed within one prefix and for one id:
+// when an id has a value (<prefix>/<id>) and directory fields
+// (<prefix>/<id>/ip, ...), each directory field wins over the same field
+// from the value, because the directory layout is the one the fleet
+// discovery unit writes and keeps alive field by field with TTLs, while a
+// stale value is the more likely leftover.
+func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
+	p := trimPrefix(prefix)
+	under := p + "/"
+	raws := make(map[string]*rawNode)
+	for k, v := range kvs {
+		if !strings.HasPrefix(k, under) {
+			continue
+		}
+		rest := k[len(under):]
+		if rest == "" {
+			continue // "<prefix>/" itself
+		}
+		id, field, deep := strings.Cut(rest, "/")
+		r := raws[id]
+		if r == nil {
+			r = &rawNode{fields: make(map[string]string)}
+			raws[id] = r
+		}
+		if !deep {
+			val := v
+			r.value = &val
+			continue
+		}
+		if field == "" || strings.Contains(field, "/") {
+			continue // deeper keys are ignored
+		}
+		r.fields[field] = v
+	}
+
+	ids := make([]string, 0, len(raws))
+	for id := range raws {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+
+	var nodes []Node
+	var problems []Problem
+	for _, id := range ids {
+		key := under + id
+		n, err := buildNode(id, raws[id])
+		if err != nil {
+			problems = append(problems, Problem{Key: key, Reason: err.Error()})
+			continue
+		}
+		n.Key = key
+		nodes = append(nodes, n)
+	}
+	nodes, dup := assignNames(nodes)
+	problems = append(problems, dup...)
+	sortProblems(problems)
+	return nodes, problems
+}
+
+func sortProblems(ps []Problem) {
+	sort.SliceStable(ps, func(i, j int) bool {
+		if ps[i].Key != ps[j].Key {
+			return ps[i].Key < ps[j].Key
+		}
+		return ps[i].Reason < ps[j].Reason
+	})
+}
+
+// trimPrefix removes trailing slashes: "/components/galera/" and
+// "/components/galera" watch the same keys.
+func trimPrefix(prefix string) string { return strings.TrimRight(prefix, "/") }
+
+func buildNode(id string, r *rawNode) (Node, error) {
+	if err := validateID(id); err != nil {
+		return Node{}, err
+	}
+	var f nodeFields
+	// An empty value counts as no value: an etcd v2 directory migrated to
+	// v3 (or a placeholder) must not hide the directory fields below it.
+	if r.value != nil && *r.value != "" {
+		vf, err := parseValue(*r.value)
+		if err != nil {
+			return Node{}, err
+		}
+		f = vf
+	}
+	// Directory fields win over value fields (see ParseNodes).
+	set := func(dst *string, names ...string) {
+		for _, name := range names {
+			if v, ok := r.fields[name]; ok {
+				*dst = v
+				return
+			}
+		}
+	}
+	set(&f.ip, fieldIP)
+	set(&f.port, fieldPort)
+	set(&f.host, fieldHost)
+	set(&f.sin, fieldSIN)
+	set(&f.weight, fieldWeight)
+	set(&f.state, fieldState, fieldWsrepSC)
+	set(&f.index, fieldWsrepIdx, fieldIndex)
+	return validateNode(id, f)
+}
+
+// validateNode checks every field. Empty optional fields count as absent.
+func validateNode(id string, f nodeFields) (Node, error) {
+	n := Node{ID: id, Port: DefaultPort, Weight: DefaultWeight, Index: -1}
+	if f.ip == "" {
+		return Node{}, fmt.Errorf("missing ip")
+	}
+	ip, err := validateHostOrIP(f.ip)
+	if err != nil {
+		return Node{}, fmt.Errorf("ip %s is not an IP address or host name", quote(f.ip))
+	}
+	n.IP = ip
+	if f.port != "" {
+		p, ok := parseUint(f.port, 65535)
+		if !ok || p < 1 {
+			return Node{}, fmt.Errorf("port %s is not a number 1-65535", quote(f.port))
+		}
+		n.Port = p
+	}
+	n.Addr = net.JoinHostPort(n.IP, strconv.Itoa(n.Port))
+	if f.host != "" {
+		h, err := validateHostOrIP(f.host)
+		if err != nil {
+			return Node{}, fmt.Errorf("host %s is not a host name", quote(f.host))
+		}
+		n.Host = h
+	}
+	if f.sin != "" {
+		if !isToken(f.sin, "_.:@-") || len(f.sin) > maxTokenLen {
+			return Node{}, fmt.Errorf("service_instance_name %s is not a token of [A-Za-z0-9_.:@-]", quote(f.sin))
+		}
+		n.ServiceInstanceName = f.sin
+	}
+	if f.weight != "" {
+		w, ok := parseUint(f.weight, MaxWeight)
+		if !ok {
+			return Node{}, fmt.Errorf("weight %s is not a number 0-%d", quote(f.weight), MaxWeight)
+		}
+		n.Weight = w
+	}
+	if f.state != "" {
+		if !isKnownState(f.state) && (!isToken(f.state, "_.:/-") || len(f.state) > maxTokenLen) {
+			return Node{}, fmt.Errorf("state %s is not a Galera state", quote(f.state))
+		}
+		n.State = f.state
+	}
+	if f.index != "" {
+		i, ok := parseUint(f.index, 1<<16)
+		if !ok {
+			return Node{}, fmt.Errorf("wsrep_local_index %s is not a number 0-%d", quote(f.index), 1<<16)
+		}
+		n.Index = i
+	}
+	return n, nil
+}
+
+// parseValue reads a value-style node: "ip", "ip:port", "[ipv6]:port",
+// "[ipv6]", a bare IPv6 literal, or a JSON object.
+func parseValue(v string) (nodeFields, error) {
+	if strings.HasPrefix(v, "{") {
+		return parseJSONValue(v)
+	}
+	var f nodeFields
+	switch {
+	case strings.HasPrefix(v, "["):
+		end := strings.IndexByte(v, ']')
+		if end < 0 {
+			return f, fmt.Errorf("value %s has no closing ']'", quote(v))
+		}
+		f.ip = v[1:end]
+		rest := v[end+1:]
+		switch {
+		case rest == "":
+		case strings.HasPrefix(rest, ":"):
+			f.port = rest[1:]
+			if f.port == "" {
+				return f, fmt.Errorf("value %s has an empty port", quote(v))
+			}
+		default:
+			return f, fmt.Errorf("value %s is not [ip]:port", quote(v))
+		}
+		if _, err := netip.ParseAddr(f.ip); err != nil || !strings.Contains(f.ip, ":") {
+			return f, fmt.Errorf("value %s: %s in brackets is not an IPv6 address", quote(v), quote(f.ip))
+		}
+	case strings.Count(v, ":") == 1:
+		f.ip, f.port, _ = strings.Cut(v, ":")
+		if f.port == "" {
+			return f, fmt.Errorf("value %s has an empty port", quote(v))
+		}
+	default: // bare IPv4, host name or IPv6 literal
+		f.ip = v
+	}
+	if f.ip == "" {
+		return f, fmt.Errorf("value %s has no ip", quote(v))
+	}
+	return f, nil
+}
+
+// parseJSONValue reads {"ip":..,"port":..,...}. String fields must be JSON
+// strings; port, weight and index may be numbers or strings of digits.
+// Unknown fields are ignored.
+func parseJSONValue(v string) (nodeFields, error) {
+	var f nodeFields
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		return f, fmt.Errorf("value is not a JSON object: %s", oneLine(err.Error()))
+	}
+	str := func(dst *string, name string) error {
+		raw, ok := m[name]
+		if !ok || string(raw) == "null" {
+			return nil
+		}
+		if err := json.Unmarshal(raw, dst); err != nil {
+			return fmt.Errorf("JSON field %q is not a string", name)
+		}
+		return nil
+	}
+	num := func(dst *string, name string) error {
+		raw, ok := m[name]
+		if !ok || string(raw) == "null" {
+			return nil
+		}
+		if err := json.Unmarshal(raw, dst); err == nil {
+			return nil
+		}
+		var n json.Number
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return fmt.Errorf("JSON field %q is not a number or string", name)
+		}
+		*dst = n.String()
+		return nil
+	}
+	steps := []error{
+		str(&f.ip, fieldIP),
+		num(&f.port, fieldPort),
+		str(&f.host, fieldHost),
+		str(&f.sin, fieldSIN),
+		num(&f.weight, fieldWeight),
+	}
+	if _, ok := m[fieldState]; ok {
+		steps = append(steps, str(&f.state, fieldState))
+	} else {
+		steps = append(steps, str(&f.state, fieldWsrepSC))
+	}
+	if _, ok := m[fieldIndex]; ok {
+		steps = append(steps, num(&f.index, fieldIndex))
+	} else {
+		steps = append(steps, num(&f.index, fieldWsrepIdx))
+	}
+	for _, err := range steps {
+		if err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
+// validateHostOrIP accepts a zone-less IP literal (returned in canonical
+// form) or an RFC 1123 host name.
+func validateHostOrIP(s string) (string, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return "", fmt.Errorf("IP address %s has a zone", quote(s))
+		}
+		return a.String(), nil
+	}
+	if isHostName(s) {
+		return s, nil
+	}
+	return "", fmt.Errorf("%s is not an IP address or host name", quote(s))
+}
+
+// isHostName reports whether s is an RFC 1123 host name: dot-separated
+// labels of 1-63 letters, digits and hyphens, not starting or ending with a
+// hyphen, at most 253 characters, and (RFC 3696) a last label that is not
+// all digits, so that "10.0.0.256" is not taken for a name.
+func isHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !isAlnum(c) && c != '-' {
+				return false
+			}
+		}
+	}
+	last := labels[len(labels)-1]
+	return strings.Trim(last, "0123456789") != ""
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// isToken reports whether s is non-empty and made of ASCII letters, digits
+// and the given punctuation only.
+func isToken(s, punct string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isAlnum(s[i]) && strings.IndexByte(punct, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// parseUint accepts decimal digits only (no sign, no spaces), value <= limit.
+func parseUint(s string, limit int) (int, bool) {
+	if s == "" || len(s) > 10 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n > limit {
+		return 0, false
+	}
+	return n, true
+}
+
+// validateID: non-empty, valid UTF-8, no control characters, no whitespace,
+// no '/', at most 253 bytes.
+func validateID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("empty id")
+	case len(id) > maxIDLen:
+		return fmt.Errorf("id is longer than %d bytes", maxIDLen)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("id %s is not valid UTF-8", quote(id))
+	}
+	for _, r := range id {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == '/' || !unicode.IsPrint(r) {
+			return fmt.Errorf("id %s contains a control character or whitespace", quote(id))
+		}
+	}
+	return nil
+}
+
+// safeName maps every character outside [A-Za-z0-9_.:-] to '_'.
+func safeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < utf8.RuneSelf && (isAlnum(byte(r)) || strings.IndexByte("_.:-", byte(r)) >= 0) {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:4])
+}
+
+// assignNames sets Node.Name: the id made HAProxy-safe, with "-" and 8 hex
+// digits of sha256(id) appended when the id had to be changed or its name
+// collides with another node's. Names are unique: a node whose name still
+// collides (only possible with a crafted id) is dropped with a Problem.
+func assignNames(nodes []Node) ([]Node, []Problem) {
+	count := make(map[string]int, len(nodes))
+	for i := range nodes {
+		n := &nodes[i]
+		n.Name = safeName(n.ID)
+		if n.Name != n.ID {
+			n.Name += "-" + shortHash(n.ID)
+		}
+		count[n.Name]++
+	}
+	for i := range nodes {
+		n := &nodes[i]
+		if count[n.Name] > 1 && n.Name == n.ID {
+			n.Name += "-" + shortHash(n.ID)
+		}
+	}
+	seen := make(map[string]bool, len(nodes))
+	out := nodes[:0]
+	var problems []Problem
+	for _, n := range nodes {
+		if seen[n.Name] {
+			problems = append(problems, Problem{Key: n.Key, Reason: fmt.Sprintf("server name %q collides with another node's", n.Name)})
+			continue
+		}
+		seen[n.Name] = true
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		out = nil
+	}
+	return out, problems
+}
+
+// serviceName is the HAProxy-safe last path element of a prefix.
+func serviceName(prefix string) string {
+	p := trimPrefix(prefix)
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		p = p[i+1:]
+	}
+	if p == "" {
+		return "default"
+	}
+	return safeName(p)
+}
+
+// quote formats a raw value for an error message: Go-quoted (so control
+// characters show as escapes) and cut after 64 bytes.
+func quote(s string) string {
+	const limit = 64
+	if len(s) <= limit {
+		return strconv.Quote(s)
+	}
+	cut := limit
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "..."
+}
+
+// quoteIfOdd quotes s when it holds anything but printable non-space
+// characters.
+func quoteIfOdd(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || unicode.IsSpace(r) || !unicode.IsPrint(r) || r == '"' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// oneLine escapes control characters so that a message stays on one line.
+func oneLine(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' }) < 0 {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
+}
