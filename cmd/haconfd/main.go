@@ -4,6 +4,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/haconfd/haconfd/internal/app"
+	"github.com/haconfd/haconfd/internal/confd"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/render"
 )
@@ -77,7 +79,7 @@ them with a hitless reload, rolling back when a new process fails to start.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: 2, err: err}
 	})
-	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newVersion(stdout))
+	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newConfd(stdout, stderr), newVersion(stdout))
 	return root
 }
 
@@ -171,6 +173,9 @@ unified diff against the live --output file instead, and exits like diff(1):
 				logger.Warn("haproxy binary not found, config not validated", "haproxy-bin", cfg.HAProxyBin)
 				validate = false
 			}
+			if cfg.Confdir != "" {
+				return renderConfd(cmd, cfg, fromFile, diff, stdout, logger)
+			}
 			rev, err := app.RenderReview(cmd.Context(), cfg, fromFile, validate, logger)
 			if err != nil {
 				return &exitError{code: 2, err: err}
@@ -210,4 +215,68 @@ func newVersion(stdout io.Writer) *cobra.Command {
 func haproxyFound(bin string) bool {
 	_, err := exec.LookPath(bin)
 	return err == nil
+}
+
+// renderConfd is `render --confdir`: every resource rendered, printed (or
+// diffed against its dest), nothing written, no command run.
+func renderConfd(cmd *cobra.Command, cfg config.Config, fromFile string, diff bool, stdout io.Writer, logger *slog.Logger) error {
+	reviews, err := app.RenderConfdReview(cmd.Context(), cfg, fromFile, logger)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	changed := false
+	for _, r := range reviews {
+		changed = changed || r.Changed
+		if diff {
+			if r.Changed {
+				if _, err := io.WriteString(stdout, r.Diff); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if _, err := fmt.Fprintf(stdout, "# resource %s -> %s\n%s", r.Name, r.Dest, r.Rendered); err != nil {
+			return err
+		}
+	}
+	if diff && changed {
+		return &exitError{code: 1}
+	}
+	return nil
+}
+
+func newConfd(stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "confd [confd flags]",
+		Short: "Run an existing confd setup unchanged, with confd's own flags (-backend etcdv3 -node ... -confdir ...)",
+		Long: `confd takes confd's command-line flags and confd.toml, so a unit or
+container that ran "confd ..." can run "haconfd confd ..." with the same
+arguments: conf.d/*.toml template resources, templates, check_cmd and
+reload_cmd, -onetime, -watch, -interval, -noop, -sync-only,
+-keep-stage-file. Only the etcd backends are supported (etcd is read
+through the v3 API, as confd 0.16 does). "haconfd confd -h" lists the flags.`,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			g, err := confd.ParseFlags(args)
+			if errors.Is(err, flag.ErrHelp) {
+				confd.Usage(stdout)
+				return nil
+			}
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			if g.PrintVersion {
+				_, err := fmt.Fprintf(stdout, "haconfd %s (confd-compatible)\n", version)
+				return err
+			}
+			level, err := g.SlogLevel()
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return classify(app.Confd(ctx, g, logger))
+		},
+	}
 }

@@ -150,6 +150,9 @@ func (a *App) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if a.opts.Once {
+				return fmt.Errorf("--once: %w", ErrNoSnapshot)
+			}
 			return nil
 		case err := <-srcDone:
 			srcDone <- err // for the deferred wait

@@ -13,6 +13,7 @@ import (
 	"github.com/pmezard/go-difflib/difflib"
 
 	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/confd"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/render"
 	"github.com/haconfd/haconfd/watch"
@@ -70,15 +71,9 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 	}
 	r.Changed = !bytes.Equal(live, out.Config)
 	if r.Changed {
-		r.Diff, err = difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-			A:        difflib.SplitLines(string(live)),
-			B:        difflib.SplitLines(string(out.Config)),
-			FromFile: cfg.Output,
-			ToFile:   fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision),
-			Context:  3,
-		})
+		r.Diff, err = unifiedDiff(live, out.Config, cfg.Output, fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision))
 		if err != nil {
-			return Review{}, fmt.Errorf("diff: %w", err)
+			return Review{}, err
 		}
 	}
 	return r, nil
@@ -122,4 +117,70 @@ func readEtcdOnce(ctx context.Context, cfg config.Config, logger *slog.Logger) (
 	case <-ctx.Done():
 		return watch.Snapshot{}, fmt.Errorf("etcd %v: no snapshot within %s (unreachable?)", cfg.EtcdEndpoints, wait.Round(time.Second))
 	}
+}
+
+// ConfdReview is the dry run of one confd template resource.
+type ConfdReview struct {
+	Name, Dest string
+	Rendered   []byte
+	Changed    bool
+	Diff       string
+}
+
+// RenderConfdReview renders every resource of cfg.Confdir once, from
+// fromFile or one consistent read of etcd, and compares each with its
+// destination. Nothing is written and no command is run.
+func RenderConfdReview(ctx context.Context, cfg config.Config, fromFile string, logger *slog.Logger) ([]ConfdReview, error) {
+	g, err := ConfdGlobal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	set, err := confd.Load(logger.With("component", "confd"), g)
+	if err != nil {
+		return nil, configErr(err)
+	}
+	var snap watch.Snapshot
+	if fromFile != "" {
+		if snap, err = watch.ReadSnapshotFile(fromFile); err != nil {
+			return nil, configErr(fmt.Errorf("--from-file: %w", err))
+		}
+	} else {
+		c := cfg
+		c.Prefixes = set.WatchPrefixes()
+		if snap, err = readEtcdOnce(ctx, c, logger); err != nil {
+			return nil, err
+		}
+	}
+	jobs, err := set.Render(snap.Map())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ConfdReview, 0, len(jobs))
+	for _, j := range jobs {
+		r := ConfdReview{Name: j.Resource.Name, Dest: j.Resource.Dest, Rendered: j.Rendered}
+		live, err := os.ReadFile(j.Resource.Dest)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: dest: %w", j.Resource.Name, err)
+		}
+		r.Changed = !bytes.Equal(live, j.Rendered)
+		if r.Changed {
+			r.Diff, err = unifiedDiff(live, j.Rendered, j.Resource.Dest, fmt.Sprintf("%s (rendered at revision %d)", j.Resource.Dest, snap.Revision))
+			if err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func unifiedDiff(a, b []byte, from, to string) (string, error) {
+	d, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A: difflib.SplitLines(string(a)), B: difflib.SplitLines(string(b)),
+		FromFile: from, ToFile: to, Context: 3,
+	})
+	if err != nil {
+		return "", fmt.Errorf("diff: %w", err)
+	}
+	return d, nil
 }

@@ -172,6 +172,23 @@ func NewWatcher(cli *clientv3.Client, cfg config.Config, logger *slog.Logger) (*
 // Run is `haconfd run`: wire everything from cfg and drive the loop until
 // ctx ends.
 func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File) error {
+	if cfg.Once {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, onceTimeout)
+		defer cancel()
+	}
+	if cfg.Confdir != "" {
+		g, err := ConfdGlobal(cfg)
+		if err != nil {
+			return err
+		}
+		etcd, err := ConnectEtcd(ctx, cfg, logger)
+		if err != nil {
+			return err
+		}
+		defer etcd.Close()
+		return RunConfdDir(ctx, g, etcd.Client, cfg.WaitMin, logger)
+	}
 	rend, err := NewRenderer(cfg)
 	if err != nil {
 		return err

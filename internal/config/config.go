@@ -45,6 +45,7 @@ type Config struct {
 	EmbeddedEtcd    string        `mapstructure:"embedded-etcd"`
 	EmbeddedEtcdURL string        `mapstructure:"embedded-etcd-url"`
 	Prefixes        []string      `mapstructure:"prefix"`
+	Confdir         string        `mapstructure:"confdir"`
 
 	// rendering
 	Template  string            `mapstructure:"template"`
@@ -113,6 +114,7 @@ var flagHelp = map[string]string{
 	"embedded-etcd":        "run an in-process single-node etcd with its data in this directory (for trying haconfd out)",
 	"embedded-etcd-url":    "client URL the embedded etcd listens on",
 	"prefix":               "etcd key prefix(es) where nodes register, comma-separated",
+	"confdir":              "run an existing confd directory (conf.d/*.toml + templates/) instead of --template; etcd settings come from haconfd's flags",
 	"template":             "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
 	"base":                 "static file (global/defaults) put before the rendered sections",
 	"bind":                 "address the default template's listen section binds (template variable .Vars.bind)",
@@ -378,6 +380,11 @@ func (c *Config) Validate() error {
 	}
 	if (c.EtcdCert == "") != (c.EtcdKey == "") {
 		bad("etcd-cert", "--etcd-cert and --etcd-key go together")
+	}
+	if c.Confdir != "" {
+		if st, err := os.Stat(filepath.Join(c.Confdir, "conf.d")); err != nil || !st.IsDir() {
+			bad("confdir", "%s has no conf.d directory", c.Confdir)
+		}
 	}
 	for flag, p := range map[string]string{"etcd-ca": c.EtcdCA, "etcd-cert": c.EtcdCert, "etcd-key": c.EtcdKey, "template": c.Template, "base": c.Base} {
 		if p == "" {

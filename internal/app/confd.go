@@ -1,0 +1,230 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/haconfd/haconfd/internal/confd"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/watch"
+)
+
+// ConfdOptions tune the confd-compatible loop.
+type ConfdOptions struct {
+	// Wait is the quiescence after a change before a run (0: at once).
+	Wait time.Duration
+	// Interval re-runs every resource on the newest snapshot this often
+	// (0: never), as confd's polling mode does: templates edited on disk
+	// and files changed by hand are brought back in line.
+	Interval time.Duration
+	// Once: one run on the first snapshot, then return its error.
+	Once   bool
+	Logger *slog.Logger
+}
+
+// RunConfd is the loop for a confd directory: every snapshot from src is
+// one confd run over every template resource (each rendered and applied
+// on its own, reloads of a shared reload_cmd coalesced).
+func RunConfd(ctx context.Context, set *confd.Set, ap *confd.Applier, src Source, opts ConfdOptions) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	snaps := make(chan watch.Snapshot, 1)
+	srcDone := make(chan error, 1)
+	go func() { srcDone <- src.Run(ctx, snaps) }()
+	defer func() {
+		cancel()
+		<-srcDone
+	}()
+
+	var (
+		latest  *watch.Snapshot
+		pending bool
+		timer   = time.NewTimer(time.Hour)
+		tick    <-chan time.Time
+	)
+	timer.Stop()
+	defer timer.Stop()
+	if opts.Interval > 0 {
+		t := time.NewTicker(opts.Interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	runOnce := func() error {
+		start := time.Now()
+		results, err := set.Process(ctx, ap, latest.Map())
+		for _, r := range results {
+			switch {
+			case r.Err != nil:
+			case r.Changed:
+				log.Info("resource updated", "resource", r.Name, "dest", r.Dest, "rev", latest.Revision)
+			default:
+				log.Debug("resource in sync", "resource", r.Name, "dest", r.Dest, "rev", latest.Revision)
+			}
+		}
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				log.Error("confd run failed, destination left as it was", "rev", latest.Revision, "err", line)
+			}
+		}
+		log.Debug("confd run done", "rev", latest.Revision, "duration", time.Since(start).Round(time.Microsecond))
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			if opts.Once {
+				return fmt.Errorf("-onetime: %w", ErrNoSnapshot)
+			}
+			return nil
+		case err := <-srcDone:
+			srcDone <- err
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("watch: %w", err)
+		case s := <-snaps:
+			latest = &s
+			pending = true
+			timer.Stop()
+			select {
+			case <-timer.C:
+			default:
+			}
+			timer.Reset(opts.Wait)
+		case <-timer.C:
+			if !pending {
+				continue
+			}
+			pending = false
+			err := runOnce()
+			if opts.Once {
+				return err
+			}
+		case <-tick:
+			if latest != nil && !pending {
+				_ = runOnce()
+			}
+		}
+	}
+}
+
+// ConfdEtcd returns a client for confd's etcd settings.
+func ConfdEtcd(g confd.Global) (*clientv3.Client, error) {
+	if len(g.Nodes) == 0 {
+		return nil, configErr(errors.New("-node: no etcd endpoints"))
+	}
+	var tlsCfg *tls.Config
+	if g.ClientCert != "" || g.ClientCaKeys != "" {
+		info := transport.TLSInfo{CertFile: g.ClientCert, KeyFile: g.ClientKey, TrustedCAFile: g.ClientCaKeys}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return nil, configErr(fmt.Errorf("-client-cert/-client-key/-client-ca-keys: %w", err))
+		}
+		tlsCfg = c
+	}
+	user, pass := g.EtcdAuth()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   g.Nodes,
+		DialTimeout: 5 * time.Second,
+		Username:    user,
+		Password:    pass,
+		TLS:         tlsCfg,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", g.Nodes, err)
+	}
+	return cli, nil
+}
+
+// Confd is `haconfd confd` (confd's own flags): etcd from confd's
+// settings, then RunConfdDir.
+func Confd(ctx context.Context, g confd.Global, logger *slog.Logger) error {
+	if err := g.ResolveNodes(net.LookupSRV); err != nil {
+		return configErr(err)
+	}
+	cli, err := ConfdEtcd(g)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return RunConfdDir(ctx, g, cli, 0, logger)
+}
+
+// ConfdGlobal is the confd setting for `haconfd run --confdir`: the
+// directory's confd.toml when there is one (its prefix, noop, ...), with
+// haconfd's own flags for etcd, --once and --dry-run.
+func ConfdGlobal(cfg config.Config) (confd.Global, error) {
+	g := confd.DefaultGlobal()
+	if file := filepath.Join(cfg.Confdir, "confd.toml"); fileExists(file) {
+		var err error
+		if g, err = confd.LoadGlobal(file); err != nil {
+			return g, configErr(err)
+		}
+	}
+	g.ConfDir = cfg.Confdir
+	g.Backend = "etcdv3"
+	g.Nodes = cfg.EtcdEndpoints
+	g.Watch = true
+	g.OneTime = g.OneTime || cfg.Once
+	g.Noop = g.Noop || cfg.DryRun
+	return g, nil
+}
+
+// RunConfdDir loads the confd directory of g, watches the keys its
+// resources use, and runs every resource on each change.
+func RunConfdDir(ctx context.Context, g confd.Global, cli *clientv3.Client, wait time.Duration, logger *slog.Logger) error {
+	set, err := confd.Load(logger.With("component", "confd"), g)
+	if err != nil {
+		return configErr(err)
+	}
+	if len(set.Resources) == 0 {
+		return configErr(fmt.Errorf("confdir %s: no template resources in %s", g.ConfDir, g.ConfigDir()))
+	}
+	src, err := watch.NewEtcd(cli, watch.Options{Prefixes: set.WatchPrefixes(), Logger: logger.With("component", "watch")})
+	if err != nil {
+		return configErr(err)
+	}
+	opts := ConfdOptions{Wait: wait, Once: g.OneTime, Logger: logger.With("component", "confd")}
+	if !g.Watch && !g.OneTime && g.Interval > 0 {
+		// confd polls every -interval seconds; haconfd watches anyway (a
+		// change applies at once) and keeps the interval as a resync.
+		opts.Interval = time.Duration(g.Interval) * time.Second
+		logger.Info("watching etcd; -interval kept as a periodic resync", "interval", opts.Interval)
+	}
+	if opts.Once {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, onceTimeout)
+		defer cancel()
+	}
+	logger.Info("haconfd confd running", "confdir", g.ConfDir, "resources", len(set.Resources),
+		"prefixes", set.WatchPrefixes(), "onetime", g.OneTime, "noop", g.Noop)
+	return RunConfd(ctx, set, confd.NewApplier(logger.With("component", "confd"), g), src, opts)
+}
+
+// onceTimeout bounds a one-shot run waiting for etcd.
+const onceTimeout = 60 * time.Second
+
+// ErrNoSnapshot is returned by a one-shot run that never got a snapshot.
+var ErrNoSnapshot = errors.New("no snapshot from etcd (unreachable?)")
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
