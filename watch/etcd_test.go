@@ -378,7 +378,7 @@ func TestCompactedWatchResyncs(t *testing.T) {
 			t.Errorf("put: %v", err)
 			return
 		}
-		if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 			t.Errorf("compact: %v", err)
 		}
 	}
