@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,7 +125,7 @@ func (e *env) argsWith(endpoints string) []string {
 		"--etcd-endpoints", endpoints,
 		"--output", e.cfgPath, "--pidfile", e.pidFile, "--runtime-socket", e.sock,
 		"--bind", e.front, "--check-port", "none", "--wait", "20ms:200ms",
-		"--stop-haproxy-on-exit", "--log-level", "debug",
+		"--stop-haproxy-on-exit", "--log-level", "debug", "--listen", "127.0.0.1:0",
 	}
 }
 
@@ -335,4 +337,37 @@ func (l *loader) finish() (ok, failed int, errs []string) {
 	close(l.stop)
 	l.wg.Wait()
 	return l.ok, l.failed, l.errs
+}
+
+// httpAddr is the address haconfd's --listen bound (read from its log).
+func (p *proc) httpAddr() string {
+	p.t.Helper()
+	var addr string
+	err := testbed.Poll(30*time.Second, 20*time.Millisecond, func() bool {
+		for _, line := range strings.Split(p.Log(), "\n") {
+			if strings.Contains(line, "serving /metrics") {
+				if i := strings.Index(line, "listen="); i >= 0 {
+					addr = strings.Fields(line[i+len("listen="):])[0]
+					return true
+				}
+			}
+		}
+		return false
+	})
+	if err != nil {
+		p.t.Fatalf("haconfd never said where it serves /metrics:\n%s", p.Log())
+	}
+	return addr
+}
+
+// get fetches http://addr/path and returns the status code and body.
+func get(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

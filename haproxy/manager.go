@@ -1,8 +1,10 @@
 // Package haproxy owns the HAProxy process and its configuration file:
-// it validates a candidate (haproxy -c), writes it atomically, starts or
-// hot-reloads HAProxy with PID handoff and listener transfer (-x, -sf),
-// verifies that the new process really serves, and rolls back to the last
-// good configuration when it does not.
+// it validates a candidate (haproxy -c), writes it atomically, applies
+// server-only changes through the runtime API without a reload (see
+// PlanChange), and otherwise hot-reloads HAProxy: PID handoff with listener
+// transfer (-x, -sf), or the master CLI in supervised master-worker mode.
+// It verifies that the new process really serves, and rolls back to the
+// last good configuration when it does not.
 package haproxy
 
 import (
@@ -18,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -40,7 +43,41 @@ type Options struct {
 	Timeout    time.Duration // bound for haproxy -c, for a start and for each verification, default 30s
 	StopGrace  time.Duration // how long Stop waits after SIGUSR1 before SIGTERM, default 5s
 	Logger     *slog.Logger
+
+	// Mode chooses how changes are applied: "auto" (default) applies
+	// server-only changes through the runtime API on Socket and reloads for
+	// anything else; "runtime" does the same and logs every structural
+	// reload as a warning; "reload" always reloads.
+	Mode string
+	// DrainTimeout bounds how long a removed server keeps its sessions:
+	// it is set to drain, and when sessions remain after DrainTimeout they
+	// are ended with "shutdown sessions". Default 10s (0 means the
+	// default; a removal blocks the next apply while it drains).
+	DrainTimeout time.Duration
+	// StateFile is the server-state-file of the configuration (global
+	// "server-state-file" + "load-server-state-from-file global"): before
+	// every reload "show servers state" is written there atomically, so
+	// that the new process keeps what the runtime API did (drain, maint,
+	// health). Servers that the reload itself changes are left out of it.
+	// It is removed before a fresh start. Optional.
+	StateFile string
+	// Supervise runs HAProxy in master-worker mode as a child of this
+	// process ("haproxy -W -S MasterSocket,mode,660 -f ConfigPath", in the
+	// foreground), restarts it when it dies (backoff 100ms..5s) and
+	// reloads it through the master CLI, confirmed with "show proc".
+	Supervise    bool
+	MasterSocket string // master CLI socket path, required with Supervise
 }
+
+// Modes of Options.Mode.
+const (
+	ModeAuto    = "auto"
+	ModeRuntime = "runtime"
+	ModeReload  = "reload"
+)
+
+// DefaultDrainTimeout is Options.DrainTimeout when unset.
+const DefaultDrainTimeout = 10 * time.Second
 
 // Action says what Apply did.
 type Action string
@@ -50,6 +87,9 @@ const (
 	ActionNone   Action = "none"
 	ActionStart  Action = "start"
 	ActionReload Action = "reload"
+	// ActionRuntime: the change went through the runtime API (no new
+	// process) and the file was rewritten; Commands says how many commands.
+	ActionRuntime Action = "runtime"
 )
 
 // Result describes one Apply. On a failed start Action is what was
@@ -61,6 +101,12 @@ type Result struct {
 	OldPIDs    []int
 	RolledBack bool
 	Duration   time.Duration
+	Commands   int // runtime API commands sent (ActionRuntime, or before a fallback)
+	// RuntimeDuration (ActionRuntime): from the start of Apply until the
+	// last runtime command was answered, i.e. until HAProxy did the change;
+	// the rest of Duration is haproxy -c and the file write.
+	RuntimeDuration time.Duration
+	Fallback        string // why a runtime apply fell back to a reload ("" when it did not)
 }
 
 // Manager applies configurations to one HAProxy. It is safe for concurrent
@@ -72,6 +118,14 @@ type Manager struct {
 	mu       sync.Mutex
 	lastGood []byte
 	known    map[int]struct{} // every HAProxy pid seen, so Stop also ends draining old ones
+
+	// Supervised mode (guarded by mu, except closing).
+	master       *masterProc
+	restartDelay time.Duration
+	closing      atomic.Bool // Stop is ending the master: do not restart it
+	wg           sync.WaitGroup
+	outMu        sync.Mutex
+	lastAlert    string
 }
 
 // New checks opts and returns a Manager.
@@ -106,6 +160,39 @@ func New(opts Options) (*Manager, error) {
 	}
 	if strings.TrimSpace(opts.ReloadCmd) == "" && opts.ReloadCmd != "" {
 		return nil, errors.New("haproxy option ReloadCmd: only whitespace")
+	}
+	switch opts.Mode {
+	case "":
+		opts.Mode = ModeAuto
+	case ModeAuto, ModeRuntime, ModeReload:
+	default:
+		return nil, fmt.Errorf("haproxy option Mode %q: must be auto, runtime or reload", opts.Mode)
+	}
+	switch {
+	case opts.DrainTimeout < 0:
+		return nil, fmt.Errorf("haproxy option DrainTimeout %v: must not be negative", opts.DrainTimeout)
+	case opts.DrainTimeout == 0:
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	if opts.StateFile != "" {
+		if err := dirExists("StateFile", opts.StateFile); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Supervise {
+		switch {
+		case opts.MasterSocket == "":
+			return nil, errors.New("haproxy option MasterSocket: required with Supervise")
+		case opts.ReloadCmd != "":
+			return nil, errors.New("haproxy option ReloadCmd: not with Supervise (haconfd reloads the master itself)")
+		case len(opts.MasterSocket) > maxSocketPath:
+			return nil, fmt.Errorf("haproxy option MasterSocket %q: path is %d bytes, a unix socket path holds at most %d", opts.MasterSocket, len(opts.MasterSocket), maxSocketPath)
+		}
+		if err := dirExists("MasterSocket", opts.MasterSocket); err != nil {
+			return nil, err
+		}
+	} else if opts.MasterSocket != "" {
+		return nil, errors.New("haproxy option MasterSocket: only with Supervise")
 	}
 	switch {
 	case opts.Settle < 0:
@@ -207,6 +294,9 @@ type procState struct {
 }
 
 func (m *Manager) state(ctx context.Context) procState {
+	if m.opts.Supervise {
+		return m.supervisedState(ctx)
+	}
 	st := procState{pids: m.PIDs()}
 	if m.opts.Socket != "" {
 		if info, err := ShowInfo(ctx, m.opts.Socket); err == nil {
@@ -238,6 +328,9 @@ func (m *Manager) healthy(st procState) bool {
 }
 
 func (m *Manager) running(st procState) bool {
+	if m.opts.Supervise {
+		return m.master != nil && m.master.alive()
+	}
 	return len(st.pids) > 0 || (m.opts.ReloadCmd != "" && st.answering)
 }
 
@@ -272,18 +365,18 @@ func (m *Manager) Apply(ctx context.Context, next []byte) (Result, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	start := time.Now()
-	res, err := m.apply(ctx, next)
+	res, err := m.apply(ctx, next, start)
 	res.Duration = time.Since(start)
 	return res, err
 }
 
-func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
+func (m *Manager) apply(ctx context.Context, next []byte, start time.Time) (Result, error) {
 	res := Result{Action: ActionNone}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("apply: %w", err)
 	}
-	if m.opts.ReloadCmd == "" && m.opts.PIDFile == "" {
-		return res, errors.New("apply: option PIDFile is required to manage HAProxy (or set ReloadCmd)")
+	if m.opts.ReloadCmd == "" && m.opts.PIDFile == "" && !m.opts.Supervise {
+		return res, errors.New("apply: option PIDFile is required to manage HAProxy (or set ReloadCmd or Supervise)")
 	}
 	cfgPath := m.opts.ConfigPath
 
@@ -301,11 +394,20 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 		res.PID = st.servingPID()
 		return res, nil
 	}
+	// Server-only change: the runtime API, no reload.
+	if !same && liveExists && m.opts.Mode != ModeReload && m.opts.Socket != "" && m.healthy(st) {
+		rres, done, err := m.applyRuntime(ctx, live, next, st, start)
+		if done {
+			return rres, err
+		}
+		res.Commands, res.Fallback = rres.Commands, rres.Fallback
+	}
+
 	res.Action = ActionStart
 	if m.running(st) {
 		res.Action = ActionReload
 	}
-	if m.opts.ReloadCmd == "" && res.Action == ActionReload && m.opts.Socket == "" {
+	if m.opts.ReloadCmd == "" && !m.opts.Supervise && res.Action == ActionReload && m.opts.Socket == "" {
 		return Result{Action: ActionNone, OldPIDs: st.pids}, errors.New("apply: refusing to reload without option Socket: listening sockets must be passed with -x (set Socket, or ReloadCmd)")
 	}
 
@@ -321,6 +423,11 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 		}
 	}()
 	if err := m.validate(ctx, stage); err != nil {
+		if res.Commands > 0 {
+			// The runtime API already took part of next: undo it.
+			ures, _, uerr := m.undoRuntime(context.WithoutCancel(ctx), res, live, next, st, err)
+			return ures, uerr
+		}
 		return Result{Action: ActionNone, OldPIDs: st.pids}, err
 	}
 
@@ -336,8 +443,12 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 		return Result{Action: ActionNone, OldPIDs: st.pids}, fmt.Errorf("apply: abandoned before swap: %w", err)
 	}
 
-	// (A later runtime-API path slots in here: a server-only change applied
-	// on the socket, then the same bytes written to disk without a reload.)
+	// Keep what the runtime API did across the reload.
+	if res.Action == ActionReload {
+		m.saveState(live, next, st)
+	} else {
+		m.dropStateFile()
+	}
 
 	// 4. Swap (skipped when the live file already has these bytes).
 	if !same {
@@ -390,6 +501,9 @@ func (m *Manager) remember(pids ...int) {
 func (m *Manager) launchAndVerify(ctx context.Context, old procState) (int, error) {
 	if m.opts.ReloadCmd != "" {
 		return m.runReloadCmd(ctx, old)
+	}
+	if m.opts.Supervise {
+		return m.launchSupervised(ctx, old)
 	}
 	args := []string{"-D", "-p", m.opts.PIDFile, "-f", m.opts.ConfigPath}
 	if len(old.pids) > 0 {
@@ -627,6 +741,9 @@ func (m *Manager) rollback(ctx context.Context, prev []byte, prevExists bool, ol
 		if err == nil {
 			pid, _ := strconv.Atoi(info["Pid"])
 			if slices.Contains(old.pids, pid) && info["Stopping"] != "1" && alive(pid) {
+				if m.opts.Supervise {
+					return pid, nil // a failed master reload keeps the old workers
+				}
 				m.terminate(ctx, failedPID, old.pids)
 				if err := m.restorePIDFile(old.pids); err != nil {
 					return pid, err
@@ -636,8 +753,19 @@ func (m *Manager) rollback(ctx context.Context, prev []byte, prevExists bool, ol
 		}
 	}
 	if !prevExists {
+		if m.opts.Supervise {
+			m.closing.Store(true)
+			return 0, m.stopSupervised(ctx, m.master)
+		}
 		m.terminate(ctx, failedPID, old.pids)
 		return 0, nil
+	}
+	if m.opts.Supervise {
+		pid, err := m.launchSupervised(ctx, m.state(ctx))
+		if err != nil {
+			return 0, fmt.Errorf("reload of the previous config: %w", err)
+		}
+		return pid, nil
 	}
 
 	// Start the last good config again, taking over from whatever is left.
@@ -707,6 +835,19 @@ func (m *Manager) signalAndWait(ctx context.Context, pids []int, sig syscall.Sig
 // StopGrace, then SIGKILL. Not available with ReloadCmd (the operator owns
 // the process).
 func (m *Manager) Stop(ctx context.Context) error {
+	var serr error
+	if m.opts.Supervise {
+		m.closing.Store(true)
+		m.mu.Lock()
+		serr = m.stopSupervised(ctx, m.master)
+		m.mu.Unlock()
+	}
+	err := m.stopKnown(ctx)
+	m.wg.Wait() // supervision goroutines; they need m.mu to see that they are done
+	return errors.Join(serr, err)
+}
+
+func (m *Manager) stopKnown(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.opts.ReloadCmd != "" {

@@ -100,7 +100,7 @@ func TestCheck(t *testing.T) {
 // TestApplyLifecycle runs one HAProxy through start, no-op, reload, and the
 // failures that must leave it serving.
 func TestApplyLifecycle(t *testing.T) {
-	s := newSite(t, nil)
+	s := newSite(t, func(o *Options) { o.Mode = ModeReload }) // server changes reload here
 	beA, beB := startBackend(t, "a"), startBackend(t, "b")
 	port := freePort(t)
 	cfgA := s.config("", listenSpec{"db", port, []backend{beA}})
@@ -372,7 +372,7 @@ func TestApplyReloadCmd(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := fmt.Sprintf(`exec %s -D -p %s -f "$HACONFD_CONFIG" -x %s -sf $(cat %s)`, haproxyBin, pidFile, sock, pidFile)
-	m, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: cmd, Settle: 50 * time.Millisecond, Timeout: 10 * time.Second})
+	m, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: cmd, Mode: ModeReload, Settle: 50 * time.Millisecond, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +387,7 @@ func TestApplyReloadCmd(t *testing.T) {
 	}
 
 	// A failing reload command: rolled back, the file restored.
-	bad, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: "echo '[ALERT]    (1) : reload broke' >&2; exit 3", Settle: 50 * time.Millisecond, Timeout: 2 * time.Second})
+	bad, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: "echo '[ALERT]    (1) : reload broke' >&2; exit 3", Mode: ModeReload, Settle: 50 * time.Millisecond, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +408,7 @@ func TestApplyReloadCmd(t *testing.T) {
 // TestReloadUnderLoad: 4 clients connect in a loop through HAProxy while it
 // is reloaded 10 times; no connection may fail.
 func TestReloadUnderLoad(t *testing.T) {
-	s := newSite(t, func(o *Options) { o.Logger = nil })
+	s := newSite(t, func(o *Options) { o.Logger = nil; o.Mode = ModeReload })
 	beA, beB := startBackend(t, "a"), startBackend(t, "b")
 	port := freePort(t)
 	cfg := func(i int) []byte {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/app"
 	"github.com/haconfd/haconfd/internal/confd"
 	"github.com/haconfd/haconfd/internal/config"
@@ -142,7 +144,8 @@ func newRun(stdout, stderr io.Writer) *cobra.Command {
 			if out == nil {
 				out = os.Stdout
 			}
-			return classify(app.Run(ctx, cfg, logger, out))
+			reload := func() (config.Config, error) { return config.Load(cmd.Flags(), os.Environ()) }
+			return classify(app.Run(ctx, cfg, logger, out, reload))
 		},
 	}
 	config.AddFlags(cmd.Flags())
@@ -152,6 +155,8 @@ func newRun(stdout, stderr io.Writer) *cobra.Command {
 func newRender(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		diff     bool
+		plan     bool
+		format   string
 		fromFile string
 		validate bool
 	)
@@ -168,6 +173,9 @@ unified diff against the live --output file instead, and exits like diff(1):
 			if err != nil {
 				return err
 			}
+			if format != "text" && format != "json" {
+				return &exitError{code: 2, err: fmt.Errorf("--format: %q must be text or json", format)}
+			}
 			logger := newLogger(cfg, stderr)
 			if validate && !cmd.Flags().Changed("validate") && !haproxyFound(cfg.HAProxyBin) {
 				logger.Warn("haproxy binary not found, config not validated", "haproxy-bin", cfg.HAProxyBin)
@@ -179,6 +187,9 @@ unified diff against the live --output file instead, and exits like diff(1):
 			rev, err := app.RenderReview(cmd.Context(), cfg, fromFile, validate, logger)
 			if err != nil {
 				return &exitError{code: 2, err: err}
+			}
+			if plan {
+				return printPlan(stdout, rev, format)
 			}
 			if !diff {
 				_, err := stdout.Write(rev.Output.Config)
@@ -195,6 +206,8 @@ unified diff against the live --output file instead, and exits like diff(1):
 	}
 	config.AddFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&diff, "diff", false, "print a unified diff against --output; exit 0 unchanged, 1 changed, 2 error")
+	cmd.Flags().BoolVar(&plan, "plan", false, "print what applying would do: the runtime API commands, or reload and why; exit 0 nothing to do, 1 changes, 2 error")
+	cmd.Flags().StringVar(&format, "format", "text", "output of --plan: text or json")
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "render from a saved snapshot (JSON) instead of etcd")
 	cmd.Flags().BoolVar(&validate, "validate", true, "validate the rendered config with haproxy -c (skipped with a warning when the binary is missing)")
 	return cmd
@@ -279,4 +292,34 @@ through the v3 API, as confd 0.16 does). "haconfd confd -h" lists the flags.`,
 			return classify(app.Confd(ctx, g, logger))
 		},
 	}
+}
+
+// printPlan prints what applying the rendered config would do.
+func printPlan(w io.Writer, rev app.Review, format string) error {
+	if !rev.Changed {
+		if format == "json" {
+			_, err := io.WriteString(w, "{\"changed\": false}\n")
+			return err
+		}
+		_, err := io.WriteString(w, "nothing to do: the live config is the rendered one\n")
+		return err
+	}
+	p, err := haproxy.PlanChange(rev.Live, rev.Output.Config)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
+	}
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(struct {
+			Changed  bool  `json:"changed"`
+			Revision int64 `json:"revision"`
+			haproxy.Plan
+		}{true, rev.Revision, p}); err != nil {
+			return err
+		}
+	} else if _, err := io.WriteString(w, p.String()+"\n"); err != nil {
+		return err
+	}
+	return &exitError{code: 1}
 }

@@ -49,9 +49,13 @@ type Options struct {
 	Once             bool          // apply one snapshot, then return
 	DryRun           bool          // render and check, print to DryRunOut, apply nothing
 	DryRunOut        io.Writer
-	Checker          Checker // for DryRun; may be nil
+	Checker          Checker       // for DryRun; may be nil
+	MaxRemove        float64       // guard: largest share of a section's servers removed at once (0-1; 1 = off)
+	GuardHold        time.Duration // a max-remove hold is released once the same render held this long (0 = never)
+	Force            bool          // apply despite the guards
 	RetryMin         time.Duration
 	RetryMax         time.Duration
+	Metrics          *Metrics // may be nil
 	Logger           *slog.Logger
 }
 
@@ -68,6 +72,13 @@ type Status struct {
 	Failures     int       `json:"failures"`      // renders or applies that failed
 	LastAttempt  time.Time `json:"last_attempt"`  // when the loop last rendered
 	SkippedNodes []string  `json:"skipped_nodes"` // malformed nodes left out
+	HeldSince    time.Time `json:"held_since"`    // when the held render was first held
+	Holds        int       `json:"holds"`         // renders held by a guard
+	Rollbacks    int       `json:"rollbacks"`     // applies rolled back
+
+	EtcdConnected bool      `json:"etcd_connected"`
+	EtcdSince     time.Time `json:"etcd_since"` // since when connected or disconnected
+	EtcdError     string    `json:"etcd_error"`
 }
 
 // App is the reconcile loop.
@@ -81,8 +92,13 @@ type App struct {
 	mu     sync.Mutex
 	status Status
 
-	last     []byte          // bytes of the last config made live
-	problems map[string]bool // last logged node problems, to log each once
+	renderers chan Renderer // a new renderer (template hot reload) for the loop to take
+
+	last      []byte              // bytes of the last config made live
+	lastNodes map[string][]string // service name → node IDs of the last config made live
+	problems  map[string]bool     // last logged node problems, to log each once
+	held      []byte              // the render a guard holds back
+	heldSince time.Time
 }
 
 // New returns a loop joining src, r and a.
@@ -99,7 +115,43 @@ func New(src Source, r Renderer, a Applier, opts Options) *App {
 	if opts.DryRunOut == nil {
 		opts.DryRunOut = io.Discard
 	}
-	return &App{src: src, rend: r, apply: a, opts: opts, log: opts.Logger, problems: map[string]bool{}}
+	if opts.MaxRemove <= 0 {
+		opts.MaxRemove = 1
+	}
+	return &App{src: src, rend: r, apply: a, opts: opts, log: opts.Logger, problems: map[string]bool{},
+		renderers: make(chan Renderer, 1)}
+}
+
+// SetRenderer hands the loop a new renderer (templates reloaded); the
+// newest snapshot is rendered with it at once.
+func (a *App) SetRenderer(r Renderer) {
+	select {
+	case <-a.renderers:
+	default:
+	}
+	a.renderers <- r
+}
+
+// EtcdStatus records the state of the etcd connection (watch.Options.OnStatus).
+func (a *App) EtcdStatus(st watch.Status) {
+	a.update(func(s *Status) {
+		s.EtcdConnected = st.Connected
+		s.EtcdSince = st.Since
+		s.EtcdError = ""
+		if st.Err != nil {
+			s.EtcdError = st.Err.Error()
+		}
+	})
+	if m := a.opts.Metrics; m != nil {
+		m.EtcdConnected.Set(b2f(st.Connected))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Status returns a copy of the loop's status.
@@ -160,8 +212,22 @@ func (a *App) Run(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("watch: %w", err)
+		case r := <-a.renderers:
+			a.rend = r
+			if pending != nil {
+				retry = 0
+				arm(0)
+			}
 		case s := <-snaps:
-			a.update(func(st *Status) { st.Revision = s.Revision })
+			a.update(func(st *Status) {
+				st.Revision = s.Revision
+				if !st.EtcdConnected {
+					st.EtcdConnected, st.EtcdSince = true, time.Now()
+				}
+			})
+			if m := a.opts.Metrics; m != nil {
+				m.SeenRev.Set(float64(s.Revision))
+			}
 			pending = &s
 			now := time.Now()
 			if burstStart.IsZero() {
@@ -182,7 +248,11 @@ func (a *App) Run(ctx context.Context) error {
 			if a.opts.Once {
 				return err
 			}
-			if err != nil && retryable(err) && ctx.Err() == nil {
+			var hold *HoldError
+			switch {
+			case errors.As(err, &hold) && hold.Remaining > 0:
+				arm(hold.Remaining)
+			case err != nil && retryable(err) && ctx.Err() == nil:
 				retry = min(max(2*retry, a.opts.RetryMin), a.opts.RetryMax)
 				a.log.Info("will retry", "in", retry)
 				arm(retry)
@@ -198,13 +268,30 @@ func retryable(err error) bool {
 	return errors.Is(err, haproxy.ErrStartFailed) || errors.Is(err, haproxy.ErrBindInUse)
 }
 
+// HoldError is returned when a guard holds a render back; Remaining is
+// how long until the hold would be released (0: not by time).
+type HoldError struct {
+	Guard     string // min_servers or max_remove
+	Reason    string
+	Remaining time.Duration
+}
+
+func (e *HoldError) Error() string { return ErrHeld.Error() + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrHeld) true.
+func (e *HoldError) Is(target error) bool { return target == ErrHeld }
+
 // process renders one snapshot and makes it live if it differs.
 func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 	start := time.Now()
 	a.update(func(st *Status) { st.LastAttempt = start })
 	out, err := a.rend.Render(render.Input{Revision: s.Revision, KVs: s.Map()})
+	if m := a.opts.Metrics; m != nil {
+		m.RenderDuration.Observe(time.Since(start).Seconds())
+	}
 	if err != nil {
 		a.fail(s.Revision, "render", err)
+		a.count("error", "none")
 		return err
 	}
 	a.logProblems(out.Problems)
@@ -212,19 +299,16 @@ func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 	for _, svc := range out.Services {
 		servers += len(svc.Nodes)
 	}
-	for _, svc := range out.Services {
-		if len(svc.Nodes) < a.opts.MinServers {
-			reason := fmt.Sprintf("section %s would have %d servers, fewer than --min-servers %d", svc.Name, len(svc.Nodes), a.opts.MinServers)
-			a.log.Warn("render held, live config unchanged", "rev", s.Revision, "reason", reason)
-			a.update(func(st *Status) { st.Held = reason })
-			return fmt.Errorf("%w: %s", ErrHeld, reason)
-		}
-	}
-	a.update(func(st *Status) { st.Held = "" })
 	if bytes.Equal(out.Config, a.last) {
 		a.log.Debug("rendered config unchanged", "rev", s.Revision)
+		a.release()
 		a.update(func(st *Status) { st.Applied = s.Revision })
+		a.setRev(s.Revision)
+		a.count("unchanged", "none")
 		return nil
+	}
+	if err := a.guard(s.Revision, out); err != nil {
+		return err
 	}
 	if a.opts.DryRun {
 		if a.opts.Checker != nil {
@@ -236,27 +320,161 @@ func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 		if _, err := a.opts.DryRunOut.Write(out.Config); err != nil {
 			return fmt.Errorf("dry run output: %w", err)
 		}
-		a.last = out.Config
+		a.commit(s.Revision, out, "dry-run")
 		a.log.Info("dry run: config rendered and valid, not applied", "rev", s.Revision, "servers", servers)
 		return nil
 	}
+	applyStart := time.Now()
 	res, err := a.apply.Apply(ctx, out.Config)
+	method := string(res.Action)
+	if m := a.opts.Metrics; m != nil {
+		m.ApplyDuration.WithLabelValues(method).Observe(time.Since(applyStart).Seconds())
+		if res.Action == haproxy.ActionStart || res.Action == haproxy.ActionReload {
+			m.Reloads.Inc()
+		}
+		if res.RolledBack {
+			m.Rollbacks.Inc()
+		}
+	}
+	if res.RolledBack {
+		a.update(func(st *Status) { st.Rollbacks++ })
+	}
 	if err != nil {
 		a.fail(s.Revision, "apply", err)
+		a.count("error", method)
 		return err
 	}
-	a.last = out.Config
-	a.log.Info("config live", "rev", s.Revision, "action", string(res.Action), "servers", servers,
+	a.commit(s.Revision, out, method)
+	a.log.Info("config live", "rev", s.Revision, "action", method, "servers", servers,
 		"pid", res.PID, "duration", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// commit records out as the live config.
+func (a *App) commit(rev int64, out render.Output, method string) {
+	a.last = out.Config
+	a.lastNodes = nodeIDs(out.Services)
+	a.release()
+	a.count("ok", method)
+	servers := 0
+	for _, svc := range out.Services {
+		servers += len(svc.Nodes)
+	}
 	a.update(func(st *Status) {
-		st.Applied = s.Revision
+		st.Applied = rev
 		st.LastApply = time.Now()
-		st.LastAction = string(res.Action)
+		st.LastAction = method
 		st.LastError = ""
 		st.Servers = servers
 		st.Applies++
 	})
+	a.setRev(rev)
+	if m := a.opts.Metrics; m != nil {
+		m.Servers.Reset()
+		for _, svc := range out.Services {
+			for _, n := range svc.Nodes {
+				state := n.State
+				if state == "" {
+					state = "unknown"
+				}
+				m.Servers.WithLabelValues(svc.Name, state).Inc()
+			}
+		}
+	}
+}
+
+func (a *App) setRev(rev int64) {
+	if m := a.opts.Metrics; m != nil {
+		m.AppliedRev.Set(float64(rev))
+	}
+}
+
+func (a *App) count(result, method string) {
+	if m := a.opts.Metrics; m != nil {
+		m.Applies.WithLabelValues(result, method).Inc()
+	}
+}
+
+func nodeIDs(svcs []render.Service) map[string][]string {
+	m := make(map[string][]string, len(svcs))
+	for _, svc := range svcs {
+		ids := make([]string, 0, len(svc.Nodes))
+		for _, n := range svc.Nodes {
+			ids = append(ids, n.ID)
+		}
+		m[svc.Name] = ids
+	}
+	return m
+}
+
+// guard holds back a render in which a section has fewer than
+// MinServers servers (until the servers come back, or Force), or that
+// removes more than MaxRemove of a section's servers at once (until the
+// same render has been held for GuardHold, or Force).
+func (a *App) guard(rev int64, out render.Output) error {
+	if a.opts.Force {
+		return nil
+	}
+	for _, svc := range out.Services {
+		if len(svc.Nodes) < a.opts.MinServers {
+			return a.hold(rev, out.Config, "min_servers", fmt.Sprintf("section %s would have %d servers, fewer than --min-servers %d",
+				svc.Name, len(svc.Nodes), a.opts.MinServers), false)
+		}
+	}
+	if a.last == nil || a.opts.MaxRemove >= 1 {
+		return nil
+	}
+	for _, svc := range out.Services {
+		prev := a.lastNodes[svc.Name]
+		if len(prev) == 0 {
+			continue
+		}
+		now := make(map[string]bool, len(svc.Nodes))
+		for _, n := range svc.Nodes {
+			now[n.ID] = true
+		}
+		removed := 0
+		for _, id := range prev {
+			if !now[id] {
+				removed++
+			}
+		}
+		if share := float64(removed) / float64(len(prev)); share > a.opts.MaxRemove {
+			return a.hold(rev, out.Config, "max_remove", fmt.Sprintf("section %s would lose %d of its %d servers at once, more than --max-remove %g",
+				svc.Name, removed, len(prev), a.opts.MaxRemove), a.opts.GuardHold > 0)
+		}
+	}
 	return nil
+}
+
+// hold records a held render; the same render held for GuardHold is
+// released when timed is set.
+func (a *App) hold(rev int64, cfg []byte, guard, reason string, timed bool) error {
+	now := time.Now()
+	if !bytes.Equal(cfg, a.held) {
+		a.held, a.heldSince = cfg, now
+		a.log.Warn("render held, live config unchanged", "rev", rev, "guard", guard, "reason", reason)
+		if m := a.opts.Metrics; m != nil {
+			m.GuardHolds.WithLabelValues(guard).Inc()
+		}
+		a.update(func(st *Status) { st.Holds++ })
+	}
+	a.count("held", "none")
+	a.update(func(st *Status) { st.Held, st.HeldSince = reason, a.heldSince })
+	if !timed {
+		return &HoldError{Guard: guard, Reason: reason}
+	}
+	if left := a.heldSince.Add(a.opts.GuardHold).Sub(now); left > 0 {
+		return &HoldError{Guard: guard, Reason: reason, Remaining: left}
+	}
+	a.log.Warn("held render released: unchanged for --guard-hold", "rev", rev, "guard", guard, "held_for", now.Sub(a.heldSince).Round(time.Millisecond))
+	return nil
+}
+
+// release forgets a held render.
+func (a *App) release() {
+	a.held, a.heldSince = nil, time.Time{}
+	a.update(func(st *Status) { st.Held, st.HeldSince = "", time.Time{} })
 }
 
 func (a *App) fail(rev int64, stage string, err error) {

@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -63,6 +67,7 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		"bind":           cfg.Bind,
 		"check_port":     cfg.CheckPort,
 		"runtime_socket": cfg.RuntimeSocket,
+		"state_file":     cfg.StateFile,
 	}
 	for k, v := range cfg.Vars {
 		vars[k] = v
@@ -83,13 +88,18 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 // NewManager builds the HAProxy manager that cfg describes.
 func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error) {
 	m, err := haproxy.New(haproxy.Options{
-		Bin:        cfg.HAProxyBin,
-		ConfigPath: cfg.Output,
-		PIDFile:    cfg.PIDFile,
-		Socket:     cfg.RuntimeSocket,
-		ReloadCmd:  cfg.ReloadCmd,
-		Settle:     cfg.Settle,
-		Logger:     logger.With("component", "haproxy"),
+		Bin:          cfg.HAProxyBin,
+		ConfigPath:   cfg.Output,
+		PIDFile:      cfg.PIDFile,
+		Socket:       cfg.RuntimeSocket,
+		ReloadCmd:    cfg.ReloadCmd,
+		Settle:       cfg.Settle,
+		Mode:         cfg.Apply,
+		DrainTimeout: cfg.DrainTimeout,
+		StateFile:    cfg.StateFile,
+		Supervise:    cfg.Supervise,
+		MasterSocket: masterSocket(cfg),
+		Logger:       logger.With("component", "haproxy"),
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -169,9 +179,14 @@ func NewWatcher(cli *clientv3.Client, cfg config.Config, logger *slog.Logger) (*
 	return w, nil
 }
 
+// Reloader re-reads the configuration (file, environment, flags) for a
+// config-file change or SIGHUP.
+type Reloader func() (config.Config, error)
+
 // Run is `haconfd run`: wire everything from cfg and drive the loop until
-// ctx ends.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File) error {
+// ctx ends. reload (may be nil) re-reads the settings on SIGHUP or when
+// the config file changes; templates are re-read then too.
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File, reload Reloader) error {
 	if cfg.Once {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, onceTimeout)
@@ -202,20 +217,40 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		return err
 	}
 	defer etcd.Close()
-	src, err := NewWatcher(etcd.Client, cfg, logger)
-	if err != nil {
-		return err
-	}
-	loop := New(src, rend, mgr, Options{
+	metrics := NewMetrics()
+	loop := New(nil, rend, mgr, Options{
 		WaitMin:    cfg.WaitMin,
 		WaitMax:    cfg.WaitMax,
 		MinServers: cfg.MinServers,
+		MaxRemove:  cfg.MaxRemove,
+		GuardHold:  cfg.GuardHold,
+		Force:      cfg.Force,
 		Once:       cfg.Once,
 		DryRun:     cfg.DryRun,
 		DryRunOut:  stdout,
 		Checker:    mgr,
+		Metrics:    metrics,
 		Logger:     logger.With("component", "loop"),
 	})
+	src, err := watch.NewEtcd(etcd.Client, watch.Options{
+		Prefixes: cfg.Prefixes,
+		Logger:   logger.With("component", "watch"),
+		OnStatus: loop.EtcdStatus,
+	})
+	if err != nil {
+		return configErr(err)
+	}
+	loop.src = src
+	if cfg.Listen != "" && !cfg.Once {
+		addr, err := Serve(ctx, cfg.Listen, loop.Handler(), logger)
+		if err != nil {
+			return err
+		}
+		logger.Info("serving /metrics /healthz /readyz /status", "listen", addr)
+	}
+	if !cfg.Once {
+		go watchReloads(ctx, cfg, reload, loop, logger.With("component", "reload"))
+	}
 	logger.Info("haconfd running", "prefixes", cfg.Prefixes, "output", cfg.Output, "wait", cfg.Wait)
 	err = loop.Run(ctx)
 	if cfg.StopHAProxyOnExit && !cfg.DryRun {
@@ -226,4 +261,80 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		}
 	}
 	return err
+}
+
+// watchReloads re-reads templates (and, through reload, the settings)
+// when a template, the base file or the config file changes, or on
+// SIGHUP. A broken template or setting is reported and the running ones
+// stay in force.
+func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop *App, logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	changed := make(chan []string, 1)
+	files := watch.NewFiles([]string{cfg.Template, cfg.Base, cfg.ConfigFile}, 0, logger)
+	go func() {
+		if err := files.Run(ctx, changed); err != nil {
+			logger.Warn("template and config files are not watched; SIGHUP still reloads", "err", err)
+		}
+	}()
+	running := cfg
+	for {
+		var why string
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			why = "SIGHUP"
+		case paths := <-changed:
+			why = fmt.Sprintf("changed: %v", paths)
+		}
+		next := running
+		if reload != nil {
+			c, err := reload()
+			if err != nil {
+				for _, line := range strings.Split(err.Error(), "\n") {
+					logger.Error("settings not reloaded, the running ones stay in force", "why", why, "err", line)
+				}
+				continue
+			}
+			next = c
+		}
+		for _, name := range restartOnly(running, next) {
+			logger.Warn("setting changed; restart haconfd to apply it", "setting", name)
+		}
+		r, err := NewRenderer(next)
+		if err != nil {
+			logger.Error("templates not reloaded, the last good ones stay in force", "why", why, "err", err)
+			continue
+		}
+		logger.Info("templates and settings reloaded", "why", why)
+		loop.SetRenderer(r)
+		running = next
+	}
+}
+
+// restartOnly names the settings that changed between a and b and that
+// only a restart applies (everything but the rendering settings).
+func restartOnly(a, b config.Config) []string {
+	live := map[string]bool{"template": true, "base": true, "bind": true, "check-port": true, "var": true}
+	var out []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := 0; i < va.NumField(); i++ {
+		tag := va.Type().Field(i).Tag.Get("mapstructure")
+		if tag == "-" || tag == "" || live[tag] {
+			continue
+		}
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, "--"+tag)
+		}
+	}
+	return out
+}
+
+func masterSocket(cfg config.Config) string {
+	if cfg.Supervise {
+		return cfg.MasterSocket
+	}
+	return ""
 }

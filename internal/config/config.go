@@ -62,18 +62,30 @@ type Config struct {
 	ReloadCmd         string        `mapstructure:"reload-cmd"`
 	Apply             string        `mapstructure:"apply"`
 	Settle            time.Duration `mapstructure:"settle"`
+	DrainTimeout      time.Duration `mapstructure:"drain-timeout"`
+	StateFile         string        `mapstructure:"state-file"`
+	Supervise         bool          `mapstructure:"supervise"`
+	MasterSocket      string        `mapstructure:"master-socket"`
 	StopHAProxyOnExit bool          `mapstructure:"stop-haproxy-on-exit"`
 
 	// loop
-	Wait       string `mapstructure:"wait"`
-	MinServers int    `mapstructure:"min-servers"`
-	Once       bool   `mapstructure:"once"`
-	DryRun     bool   `mapstructure:"dry-run"`
+	Wait       string        `mapstructure:"wait"`
+	MinServers int           `mapstructure:"min-servers"`
+	MaxRemove  float64       `mapstructure:"max-remove"`
+	GuardHold  time.Duration `mapstructure:"guard-hold"`
+	Force      bool          `mapstructure:"force"`
+	Once       bool          `mapstructure:"once"`
+	DryRun     bool          `mapstructure:"dry-run"`
+
+	// observability
+	Listen string `mapstructure:"listen"`
 
 	// logging
 	LogFormat string `mapstructure:"log-format"`
 	LogLevel  string `mapstructure:"log-level"`
 
+	// ConfigFile is the --config file Load read ("" if none).
+	ConfigFile string `mapstructure:"-"`
 	// Derived by Load from Wait; not settable directly.
 	WaitMin time.Duration `mapstructure:"-"`
 	WaitMax time.Duration `mapstructure:"-"`
@@ -95,8 +107,13 @@ func Defaults() Config {
 		RuntimeSocket:   "/run/haproxy/admin.sock",
 		Apply:           ApplyAuto,
 		Settle:          200 * time.Millisecond,
+		DrainTimeout:    10 * time.Second,
+		MasterSocket:    "/run/haproxy/master.sock",
 		Wait:            "100ms:2s",
 		MinServers:      1,
+		MaxRemove:       0.5,
+		GuardHold:       time.Minute,
+		Listen:          "127.0.0.1:9480",
 		LogFormat:       "text",
 		LogLevel:        "info",
 	}
@@ -127,9 +144,17 @@ var flagHelp = map[string]string{
 	"reload-cmd":           "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
 	"apply":                "how changes reach HAProxy: auto, runtime or reload",
 	"settle":               "how long a new HAProxy process must stay alive and answering before a reload counts as done",
+	"drain-timeout":        "how long a removed server may keep its sessions before they are shut down (runtime API)",
+	"state-file":           "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
+	"supervise":            "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
+	"master-socket":        "master CLI socket for --supervise",
 	"stop-haproxy-on-exit": "stop HAProxy when haconfd exits (default: leave it serving)",
 	"wait":                 "quiescence MIN[:MAX]: apply MIN after the last change, but never later than MAX after the first",
-	"min-servers":          "never apply a config in which a section has fewer servers than this",
+	"min-servers":          "never apply a config in which a section has fewer servers than this (until servers return, or --force)",
+	"max-remove":           "hold a config that removes more than this share (0-1) of a section's servers at once, until it has held for --guard-hold",
+	"guard-hold":           "how long a render removing more than --max-remove must stay the same before it is applied (0: until --force)",
+	"force":                "apply renders the guards would hold (--min-servers, --max-remove)",
+	"listen":               "address for /metrics, /healthz, /readyz and /status (empty: off)",
 	"once":                 "render and apply once, then exit (exit 1 if that failed)",
 	"dry-run":              "render and validate, print what would be applied, change nothing",
 	"log-format":           "log format: text or json",
@@ -155,6 +180,8 @@ func AddFlags(fs *pflag.FlagSet) {
 			fs.Bool(name, f, help)
 		case int:
 			fs.Int(name, f, help)
+		case float64:
+			fs.Float64(name, f, help)
 		case time.Duration:
 			fs.Duration(name, f, help)
 		case []string:
@@ -237,6 +264,10 @@ func Load(fs *pflag.FlagSet, environ []string) (Config, error) {
 	if c.Vars == nil {
 		c.Vars = map[string]string{}
 	}
+	c.ConfigFile = path
+	if c.StateFile == "" && c.Output != "" {
+		c.StateFile = c.Output + ".state"
+	}
 	return c, c.Validate()
 }
 
@@ -246,6 +277,8 @@ func flagValue(fs *pflag.FlagSet, name string) (any, error) {
 		return fs.GetBool(name)
 	case "int":
 		return fs.GetInt(name)
+	case "float64":
+		return fs.GetFloat64(name)
 	case "duration":
 		return fs.GetDuration(name)
 	case "stringSlice":
@@ -281,6 +314,12 @@ func parseEnv(def any, val string) (any, error) {
 			return nil, fmt.Errorf("%q is not a whole number", val)
 		}
 		return n, nil
+	case float64:
+		f, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a number", val)
+		}
+		return f, nil
 	case time.Duration:
 		d, err := time.ParseDuration(val)
 		if err != nil {
@@ -437,6 +476,17 @@ func (c *Config) Validate() error {
 	default:
 		bad("apply", "%q must be auto, runtime or reload", c.Apply)
 	}
+	if c.DrainTimeout < 0 {
+		bad("drain-timeout", "must not be negative")
+	}
+	if c.Supervise {
+		if c.ReloadCmd != "" {
+			bad("supervise", "--supervise and --reload-cmd exclude each other: haconfd either runs HAProxy or asks someone else to reload it")
+		}
+		if c.MasterSocket == "" || len(c.MasterSocket) > 107 {
+			bad("master-socket", "%q must be a unix socket path of at most 107 bytes", c.MasterSocket)
+		}
+	}
 	if c.Settle < 0 {
 		bad("settle", "must not be negative")
 	}
@@ -444,6 +494,17 @@ func (c *Config) Validate() error {
 		bad("wait", "%v", err)
 	} else {
 		c.WaitMin, c.WaitMax = min, max
+	}
+	if c.MaxRemove <= 0 || c.MaxRemove > 1 {
+		bad("max-remove", "must be a share above 0 and at most 1, got %g", c.MaxRemove)
+	}
+	if c.GuardHold < 0 {
+		bad("guard-hold", "must not be negative")
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			bad("listen", "%q is not host:port", c.Listen)
+		}
 	}
 	if c.MinServers < 0 {
 		bad("min-servers", "must not be negative, got %d", c.MinServers)

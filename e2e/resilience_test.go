@@ -1,0 +1,249 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/haconfd/haconfd/internal/testbed"
+)
+
+// Guards: a render that would leave a section with fewer than
+// --min-servers servers is held (live config unchanged, visible in
+// /status and /readyz, counted in /metrics) until servers return; one
+// that removes more than --max-remove of them at once is held until it
+// has stayed the same for --guard-hold.
+func TestGuardsHoldRenders(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 4)
+	for i, b := range bs {
+		e.putNode(fmt.Sprintf("db%d", i+1), b)
+	}
+	p := e.run("--max-remove", "0.5", "--guard-hold", "1500ms")
+	addr := p.httpAddr()
+	e.eventually("4 nodes serve", func(m map[string]int) bool { return len(m) == 4 && m["error"] == 0 })
+	if err := testbed.Poll(10*time.Second, 20*time.Millisecond, func() bool { c, _ := get(t, addr, "/readyz"); return c == 200 }); err != nil {
+		t.Fatalf("/readyz never 200")
+	}
+
+	// 3 of 4 removed at once: held, then released after --guard-hold.
+	good := e.live()
+	if _, err := e.cli.Txn(context.Background()).Then(
+		clientv3.OpDelete(prefix+"/db2/", clientv3.WithPrefix()),
+		clientv3.OpDelete(prefix+"/db3/", clientv3.WithPrefix()),
+		clientv3.OpDelete(prefix+"/db4/", clientv3.WithPrefix()),
+	).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("more than --max-remove 0.5")
+	if e.live() != good {
+		t.Fatalf("live config changed while the render was held")
+	}
+	code, body := get(t, addr, "/readyz")
+	if code != 503 || !strings.Contains(body, "held") {
+		t.Fatalf("/readyz while held: %d %s", code, body)
+	}
+	var st struct {
+		Held  string `json:"held"`
+		Holds int    `json:"holds"`
+	}
+	_, body = get(t, addr, "/status")
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Held == "" || st.Holds < 1 {
+		t.Fatalf("/status while held: %v %s", err, body)
+	}
+	p.waitLog("held render released")
+	e.eventually("only db1 after the hold", func(m map[string]int) bool { return m["db1"] == 12 })
+
+	// The last server gone: held, and not released by time.
+	e.del(prefix+"/db1/", clientv3.WithPrefix())
+	p.waitLog("fewer than --min-servers 1")
+	left := e.live()
+	time.Sleep(2 * time.Second) // longer than --guard-hold: must stay held
+	if e.live() != left || !strings.Contains(left, "server db1 ") {
+		t.Fatalf("an empty section went live:\n%s", e.live())
+	}
+	e.eventually("still served by db1", func(m map[string]int) bool { return m["db1"] == 12 })
+	_, metrics := get(t, addr, "/metrics")
+	for _, want := range []string{`haconfd_guard_holds_total{guard="max_remove"} 1`, `haconfd_guard_holds_total{guard="min_servers"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("/metrics lacks %q", want)
+		}
+	}
+	e.putNode("db2", bs[1])
+	e.eventually("db2 back", func(m map[string]int) bool { return m["db2"] == 12 })
+}
+
+// /healthz, /readyz, /status and /metrics answer with what haconfd did.
+func TestHealthAndMetrics(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 2)
+	e.putNode("db1", bs[0])
+	e.putNode("db2", bs[1])
+	p := e.run()
+	addr := p.httpAddr()
+	e.eventually("serving", func(m map[string]int) bool { return m["db1"] > 0 && m["db2"] > 0 })
+	if code, body := get(t, addr, "/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz %d %q", code, body)
+	}
+	if err := testbed.Poll(10*time.Second, 20*time.Millisecond, func() bool { c, _ := get(t, addr, "/readyz"); return c == 200 }); err != nil {
+		t.Fatalf("/readyz never 200")
+	}
+	var st struct {
+		Revision, Applied int64
+		LastAction        string `json:"last_action"`
+		Servers           int
+		EtcdConnected     bool `json:"etcd_connected"`
+	}
+	_, body := get(t, addr, "/status")
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Applied == 0 || st.Applied != st.Revision || st.Servers != 2 || !st.EtcdConnected {
+		t.Fatalf("/status: %v %s", err, body)
+	}
+	_, metrics := get(t, addr, "/metrics")
+	for _, want := range []string{
+		`haconfd_applies_total{method="start",result="ok"} 1`,
+		`haconfd_reloads_total 1`,
+		`haconfd_etcd_connected 1`,
+		fmt.Sprintf("haconfd_last_applied_revision %d", st.Applied),
+		`haconfd_servers{section="galera",state="unknown"} 2`,
+		`haconfd_render_duration_seconds_count`,
+		`haconfd_apply_duration_seconds_count{method="start"} 1`,
+		`haconfd_rollbacks_total 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// A template edited on disk is picked up; a broken edit is reported with
+// file:line and the last good template stays in force; SIGHUP re-reads.
+func TestTemplateHotReload(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 1)
+	e.putNode("db1", bs[0])
+	tmpl := filepath.Join(e.dir, "t.tmpl")
+	write := func(balance string) {
+		txt := strings.Replace(testTemplate, "balance roundrobin", "balance "+balance, 1)
+		if err := os.WriteFile(tmpl+".new", []byte(txt), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmpl+".new", tmpl); err != nil { // as editors and ConfigMaps do
+			t.Fatal(err)
+		}
+	}
+	write("roundrobin")
+	p := e.run("--template", tmpl)
+	e.eventually("serving", func(m map[string]int) bool { return m["db1"] == 12 })
+
+	write("leastconn")
+	waitFile(t, e.cfgPath, "balance leastconn")
+
+	good := e.live()
+	if err := os.WriteFile(tmpl, []byte("global\n{{ if }}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("t.tmpl:2")
+	p.waitLog("last good ones stay in force")
+	if e.live() != good {
+		t.Fatalf("broken template changed the live config")
+	}
+	e.eventually("still serving", func(m map[string]int) bool { return m["db1"] == 12 })
+
+	write("first")
+	waitFile(t, e.cfgPath, "balance first")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("why=SIGHUP")
+}
+
+// A burst of 200 changes is applied at most twice (quiescence), and the
+// final state is the last one written.
+func TestBurstOfChanges(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 1)
+	e.putNode("db1", bs[0])
+	p := e.run("--wait", "300ms:5s")
+	e.eventually("serving", func(m map[string]int) bool { return m["db1"] == 12 })
+	before := strings.Count(p.Log(), `msg="config live"`)
+	for i := 0; i < 200; i++ {
+		e.put(fmt.Sprintf("%s/s%03d", prefix, i), fmt.Sprintf("10.9.%d.%d:3306", i/250, i%250+1))
+	}
+	waitFile(t, e.cfgPath, "server s199 10.9.0.200:3306")
+	e.eventually("still serving", func(m map[string]int) bool { return m["db1"] > 0 && m["error"] == 0 })
+	applies := strings.Count(p.Log(), `msg="config live"`) - before
+	t.Logf("200 changes → %d applies", applies)
+	if applies > 2 {
+		t.Fatalf("200 changes caused %d applies, want at most 2", applies)
+	}
+}
+
+// haconfd killed with SIGKILL at random points of many applies never
+// leaves a partial or invalid config file, and HAProxy keeps serving.
+func TestKillDuringApplies(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 2)
+	e.putNode("db1", bs[0])
+	rng := rand.New(rand.NewPCG(1, 2))
+	var load *loader
+	for round := 0; round < 8; round++ {
+		p := e.run("--wait", "0")
+		if round == 0 {
+			e.eventually("serving", func(m map[string]int) bool { return m["db1"] > 0 })
+			load = startLoad(e.front, 2)
+		}
+		// Changes keep coming while haconfd applies them.
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		jitter := rand.New(rand.NewPCG(uint64(round), 3))
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("%s/k%d", prefix, i%5)
+				if _, err := e.cli.Put(context.Background(), key, fmt.Sprintf("127.0.0.1:%d", bs[1].Port)); err != nil {
+					return
+				}
+				time.Sleep(time.Duration(20+jitter.IntN(40)) * time.Millisecond)
+				_, _ = e.cli.Delete(context.Background(), key)
+			}
+		}()
+		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		close(stop)
+		<-done
+		live := e.live()
+		if live == "" || !strings.HasSuffix(live, "\n") || !strings.Contains(live, "listen galera") {
+			t.Fatalf("round %d: config file incomplete after SIGKILL:\n%s", round, live)
+		}
+		if out, err := exec.Command("haproxy", "-c", "-q", "-f", e.cfgPath).CombinedOutput(); err != nil {
+			t.Fatalf("round %d: config left by a killed haconfd is invalid: %v\n%s", round, err, out)
+		}
+		matches, _ := filepath.Glob(filepath.Join(e.dir, ".haconfd-stage-*"))
+		if round == 7 && len(matches) > 0 {
+			t.Logf("stage files left by SIGKILL (harmless, never the live file): %v", matches)
+		}
+	}
+	e.run("--wait", "0")
+	e.eventually("serving after the kills", func(m map[string]int) bool { return m["db1"] > 0 && m["error"] == 0 })
+	ok, failed, errs := load.finish()
+	t.Logf("clients during 8 SIGKILLs of haconfd: %d ok, %d failed %v", ok, failed, errs)
+	if failed > 0 {
+		t.Fatalf("%d client connections failed while haconfd was being killed", failed)
+	}
+}

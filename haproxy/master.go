@@ -1,0 +1,390 @@
+package haproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Supervised (master-worker) mode: haconfd runs "haproxy -W -S <master
+// socket> -f <config>" as its child in the foreground, restarts it when it
+// dies, and reloads it with the master CLI "reload", confirmed by "show
+// proc" (a new worker, no new failure).
+
+// restartBackoff bounds the delay between restarts of a dying master.
+const (
+	restartBackoffMin = 100 * time.Millisecond
+	restartBackoffMax = 5 * time.Second
+	// stableRun: a master that ran this long resets the backoff.
+	stableRun = 10 * time.Second
+)
+
+// masterProc is one HAProxy master process started by the Manager.
+type masterProc struct {
+	cmd     *exec.Cmd
+	pid     int
+	started time.Time
+	exited  chan struct{} // closed once the process has been reaped
+	err     error         // Wait's result, set before exited is closed
+}
+
+func (p *masterProc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// procInfo is the master's "show proc".
+type procInfo struct {
+	masterPID int
+	reloads   int
+	failed    int
+	workers   []int // current workers (not the old ones still finishing)
+}
+
+// parseShowProc reads the master CLI "show proc" output of HAProxy 2.6:
+//
+//	#<PID>          <type>          <reloads>       <uptime>        <version>
+//	1162            master          5 [failed: 0]   0d00h02m07s     2.6.12
+//	# workers
+//	1271            worker          0               0d00h00m00s     2.6.12
+//	# old workers
+//	1233            worker          1               0d00h00m03s     2.6.12
+func parseShowProc(out string) (procInfo, error) {
+	var pi procInfo
+	section := ""
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "#") {
+			section = strings.TrimSpace(strings.TrimPrefix(line, "#"))
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[0])
+		if err != nil {
+			continue
+		}
+		switch {
+		case f[1] == "master":
+			pi.masterPID = pid
+			pi.reloads, _ = strconv.Atoi(f[2])
+			if i := strings.Index(line, "[failed:"); i >= 0 {
+				v := strings.TrimSpace(strings.TrimSuffix(strings.Fields(line[i+len("[failed:"):])[0], "]"))
+				pi.failed, _ = strconv.Atoi(v)
+			}
+		case f[1] == "worker" && section == "workers":
+			pi.workers = append(pi.workers, pid)
+		}
+	}
+	if pi.masterPID == 0 {
+		first, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		if first == "" {
+			first = "empty reply"
+		}
+		return pi, fmt.Errorf("show proc: no master line in reply: %q", first)
+	}
+	return pi, nil
+}
+
+// masterCommand sends one command to the master CLI, which keeps the
+// connection open unless told to "quit".
+func masterCommand(ctx context.Context, socket, command string) (string, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return "", fmt.Errorf("master %s on %s: %w", command, socket, err)
+	}
+	defer func() { _ = conn.Close() }()
+	deadline := time.Now().Add(socketTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	if err := conn.SetDeadline(deadline); err != nil {
+		return "", fmt.Errorf("master %s on %s: %w", command, socket, err)
+	}
+	if _, err := io.WriteString(conn, command+";quit\n"); err != nil {
+		return "", fmt.Errorf("master %s on %s: %w", command, socket, err)
+	}
+	reply, err := io.ReadAll(io.LimitReader(conn, 1<<20))
+	if err != nil {
+		return "", fmt.Errorf("master %s on %s: %w", command, socket, err)
+	}
+	return string(reply), nil
+}
+
+func (m *Manager) showProc(ctx context.Context) (procInfo, error) {
+	out, err := masterCommand(ctx, m.opts.MasterSocket, "show proc")
+	if err != nil {
+		return procInfo{}, err
+	}
+	return parseShowProc(out)
+}
+
+// startMaster starts a new master on the live config file. Caller holds m.mu.
+func (m *Manager) startMaster() (*masterProc, error) {
+	args := []string{"-W", "-S", m.opts.MasterSocket + ",mode,660", "-f", m.opts.ConfigPath}
+	if m.opts.PIDFile != "" {
+		args = append(args, "-p", m.opts.PIDFile)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: output pipe: %v", ErrStartFailed, err)
+	}
+	cmd := exec.Command(m.opts.Bin, args...)
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // our terminal's Ctrl-C is for us, not for HAProxy
+	err = cmd.Start()
+	_ = w.Close() // the children hold it now
+	if err != nil {
+		_ = r.Close()
+		return nil, fmt.Errorf("%w: %s %s: %v", ErrStartFailed, m.opts.Bin, strings.Join(args, " "), err)
+	}
+	p := &masterProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{})}
+	m.master = p
+	m.closing.Store(false)
+	m.remember(p.pid)
+	// Workers inherit the output pipe and may outlive the master briefly:
+	// reading it and reaping the master are separate goroutines.
+	m.wg.Go(func() {
+		m.logOutput(p, r)
+		_ = r.Close()
+	})
+	m.wg.Go(func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+		m.onMasterExit(p)
+	})
+	m.log.Info("haproxy master started", "pid", p.pid, "master_socket", m.opts.MasterSocket)
+	return p, nil
+}
+
+// logOutput logs the master's output, one record per line, and keeps the
+// last alert for error messages.
+func (m *Manager) logOutput(p *masterProc, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "[ALERT]"):
+			m.outMu.Lock()
+			if m.lastAlert == "" { // the first alert since the last start/reload is the cause
+				m.lastAlert = line
+			}
+			m.outMu.Unlock()
+			m.log.Error("haproxy", "pid", p.pid, "line", line)
+		case strings.HasPrefix(line, "[WARNING]"):
+			m.log.Warn("haproxy", "pid", p.pid, "line", line)
+		default:
+			m.log.Debug("haproxy", "pid", p.pid, "line", line)
+		}
+	}
+}
+
+// lastAlertSuffix is ": <last alert>" of the master's output, or "".
+func (m *Manager) lastAlertSuffix() string {
+	m.outMu.Lock()
+	defer m.outMu.Unlock()
+	return alertSuffix(m.lastAlert)
+}
+
+// onMasterExit restarts a master that died on its own, with a bounded
+// backoff, unless Stop ended it or another process already replaced it.
+// A restart takes m.mu, so it never races an Apply: after a failed
+// reload, Apply has restored the previous file before a restart reads it.
+func (m *Manager) onMasterExit(p *masterProc) {
+	m.mu.Lock()
+	if m.closing.Load() || m.master != p {
+		m.mu.Unlock()
+		return
+	}
+	if time.Since(p.started) > stableRun || m.restartDelay == 0 {
+		m.restartDelay = restartBackoffMin
+	}
+	m.mu.Unlock()
+	for {
+		delay := m.restartDelay
+		m.log.Error("haproxy master exited, restarting", "pid", p.pid, "err", p.err, "backoff", delay)
+		for end := time.Now().Add(delay); time.Now().Before(end); time.Sleep(pollInterval) {
+			if m.closing.Load() {
+				return
+			}
+		}
+		m.mu.Lock()
+		if m.closing.Load() || (m.master != p && m.master != nil && m.master.alive()) {
+			m.mu.Unlock()
+			return
+		}
+		m.restartDelay = min(2*delay, restartBackoffMax)
+		m.dropStateFile() // a fresh start must not take an old state
+		np, err := m.startMaster()
+		m.mu.Unlock()
+		if err == nil {
+			m.log.Info("haproxy master restarted", "old_pid", p.pid, "pid", np.pid)
+			return
+		}
+		m.log.Error("haproxy master restart failed", "err", err)
+	}
+}
+
+// supervisedState is procState in master-worker mode: pids are the
+// current workers.
+func (m *Manager) supervisedState(ctx context.Context) procState {
+	var st procState
+	if m.master == nil || !m.master.alive() {
+		return st
+	}
+	if pi, err := m.showProc(ctx); err == nil {
+		st.pids = pi.workers
+	}
+	if m.opts.Socket != "" {
+		if info, err := ShowInfo(ctx, m.opts.Socket); err == nil {
+			st.answering = true
+			st.infoPID, _ = strconv.Atoi(info["Pid"])
+			st.stopping = info["Stopping"] == "1"
+		}
+	} else if len(st.pids) > 0 {
+		st.answering, st.infoPID = true, st.pids[0]
+	}
+	return st
+}
+
+// launchSupervised starts the master, or reloads it through the master
+// CLI, then verifies the new worker. It returns the new worker's pid.
+func (m *Manager) launchSupervised(ctx context.Context, old procState) (int, error) {
+	m.outMu.Lock()
+	m.lastAlert = ""
+	m.outMu.Unlock()
+	if m.master == nil || !m.master.alive() {
+		p, err := m.startMaster()
+		if err != nil {
+			return 0, err
+		}
+		pi, err := m.waitWorker(ctx, p, nil, -1)
+		if err != nil {
+			return 0, err
+		}
+		return pi, m.verifySupervised(ctx, p, pi)
+	}
+	p := m.master
+	before, err := m.showProc(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("%w: before reload: %v", ErrStartFailed, err)
+	}
+	// The master closes its socket while it re-executes: retry briefly.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		_, err = masterCommand(rctx, m.opts.MasterSocket, "reload")
+		if err == nil || sleepCtx(rctx, pollInterval) != nil {
+			break
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w: master reload: %v", ErrStartFailed, err)
+	}
+	pid, err := m.waitWorker(ctx, p, before.workers, before.failed)
+	if err != nil {
+		return 0, err
+	}
+	return pid, m.verifySupervised(ctx, p, pid)
+}
+
+// waitWorker polls "show proc" until a worker that is not one of old
+// runs. failedBefore >= 0 makes a grown failure count an error.
+func (m *Manager) waitWorker(ctx context.Context, p *masterProc, old []int, failedBefore int) (int, error) {
+	wctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
+	defer cancel()
+	var last error
+	for {
+		if !p.alive() {
+			return 0, fmt.Errorf("%w: master %d exited%s", ErrStartFailed, p.pid, m.lastAlertSuffix())
+		}
+		pi, err := m.showProc(wctx)
+		switch {
+		case err != nil:
+			last = err
+		case failedBefore >= 0 && pi.failed > failedBefore:
+			return 0, fmt.Errorf("%w: master reload failed (show proc: failed %d)%s", ErrStartFailed, pi.failed, m.lastAlertSuffix())
+		default:
+			for _, w := range pi.workers {
+				if !slices.Contains(old, w) {
+					m.remember(w)
+					return w, nil
+				}
+			}
+			last = fmt.Errorf("no new worker yet (workers %v)", pi.workers)
+		}
+		if sleepCtx(wctx, pollInterval) != nil {
+			return 0, fmt.Errorf("%w: no new worker: %v%s", ErrStartFailed, last, m.lastAlertSuffix())
+		}
+	}
+}
+
+// verifySupervised: the worker answers on the stats socket (when set) with
+// its pid, and still runs after Settle.
+func (m *Manager) verifySupervised(ctx context.Context, p *masterProc, worker int) error {
+	if err := m.waitAnswer(ctx, worker, ""); err != nil {
+		return err
+	}
+	if err := sleepCtx(ctx, m.opts.Settle); err != nil {
+		return fmt.Errorf("%w: verifying worker %d: %v", ErrStartFailed, worker, err)
+	}
+	if !p.alive() {
+		return fmt.Errorf("%w: master %d exited%s", ErrStartFailed, p.pid, m.lastAlertSuffix())
+	}
+	pi, err := m.showProc(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: after reload: %v", ErrStartFailed, err)
+	}
+	if !slices.Contains(pi.workers, worker) {
+		return fmt.Errorf("%w: worker %d exited after start%s", ErrStartFailed, worker, m.lastAlertSuffix())
+	}
+	return nil
+}
+
+// stopSupervised ends the master (SIGUSR1 soft stop, SIGTERM, SIGKILL)
+// and waits for its goroutines. Caller does not hold m.mu.
+func (m *Manager) stopSupervised(ctx context.Context, p *masterProc) error {
+	if p == nil {
+		return nil
+	}
+	for _, step := range []struct {
+		sig syscall.Signal
+		d   time.Duration
+	}{{syscall.SIGUSR1, m.opts.StopGrace}, {syscall.SIGTERM, 2 * time.Second}, {syscall.SIGKILL, time.Second}} {
+		if !p.alive() {
+			break
+		}
+		if err := p.cmd.Process.Signal(step.sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			m.log.Warn("signal haproxy master", "pid", p.pid, "signal", step.sig.String(), "err", err)
+		}
+		t := time.NewTimer(step.d)
+		select {
+		case <-p.exited:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	if p.alive() {
+		return fmt.Errorf("stop haproxy: master %d still alive after SIGKILL", p.pid)
+	}
+	return nil
+}

@@ -1,0 +1,211 @@
+package haproxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseShowProc(t *testing.T) {
+	out := `#<PID>          <type>          <reloads>       <uptime>        <version>
+1162            master          5 [failed: 2]   0d00h02m07s     2.6.12
+# workers
+1271            worker          0               0d00h00m00s     2.6.12
+# old workers
+1233            worker          1               0d00h00m03s     2.6.12
+# programs
+
+`
+	pi, err := parseShowProc(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pi.masterPID != 1162 || pi.reloads != 5 || pi.failed != 2 || !slices.Equal(pi.workers, []int{1271}) {
+		t.Errorf("parseShowProc = %+v", pi)
+	}
+	if _, err := parseShowProc("Unknown command\n"); err == nil || !strings.Contains(err.Error(), "Unknown command") {
+		t.Errorf("parseShowProc(garbage) = %v", err)
+	}
+}
+
+func TestNewSuperviseOptions(t *testing.T) {
+	requireHAProxy(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "h.cfg")
+	for _, tt := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"no master socket", Options{Bin: haproxyBin, ConfigPath: cfg, Supervise: true}, "option MasterSocket: required with Supervise"},
+		{"master socket alone", Options{Bin: haproxyBin, ConfigPath: cfg, MasterSocket: filepath.Join(dir, "m.sock")}, "option MasterSocket: only with Supervise"},
+		{"with reload cmd", Options{Bin: haproxyBin, ConfigPath: cfg, Supervise: true, MasterSocket: filepath.Join(dir, "m.sock"), ReloadCmd: "true"}, "option ReloadCmd: not with Supervise"},
+		{"bad mode", Options{Bin: haproxyBin, ConfigPath: cfg, Mode: "fast"}, `option Mode "fast": must be auto, runtime or reload`},
+		{"negative drain", Options{Bin: haproxyBin, ConfigPath: cfg, DrainTimeout: -1}, "option DrainTimeout"},
+		{"state file dir", Options{Bin: haproxyBin, ConfigPath: cfg, StateFile: "/nonexistent/state"}, "option StateFile"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("New = %v, want one line containing %q", err, tt.want)
+			}
+		})
+	}
+	m, err := New(Options{Bin: haproxyBin, ConfigPath: cfg})
+	if err != nil || m.opts.Mode != ModeAuto || m.opts.DrainTimeout != DefaultDrainTimeout {
+		t.Fatalf("defaults: %+v, %v", m, err)
+	}
+}
+
+func TestSupervise(t *testing.T) {
+	s := newRuntimeSite(t, func(o *Options) {
+		o.Supervise = true
+		o.MasterSocket = filepath.Join(filepath.Dir(o.ConfigPath), "m.sock")
+	})
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	front := freePort(t)
+	base := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""})
+	ctx := t.Context()
+
+	res := mustApply(t, s, base, ActionStart)
+	worker := res.PID
+	if got, err := dial(front); err != nil || got != "a" {
+		t.Fatalf("client = %q, %v", got, err)
+	}
+	masterPID := s.m.master.pid
+
+	t.Run("runtime change keeps the worker", func(t *testing.T) {
+		res := mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), ActionRuntime)
+		if res.PID != worker {
+			t.Fatalf("result = %+v, want worker %d", res, worker)
+		}
+		seenWithin(t, front, "b", 5*time.Second)
+	})
+
+	t.Run("reload through the master", func(t *testing.T) {
+		other := freePort(t)
+		next := append(s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}),
+			fmt.Sprintf("listen extra\n    bind 127.0.0.1:%d\n    server e 127.0.0.1:%d\n", other, b.port)...)
+		res := mustApply(t, s, next, ActionReload)
+		if res.PID == worker || res.PID == 0 {
+			t.Fatalf("result = %+v, want a new worker", res)
+		}
+		pi, err := s.m.showProc(ctx)
+		if err != nil || pi.masterPID != masterPID || !slices.Equal(pi.workers, []int{res.PID}) || pi.failed != 0 {
+			t.Fatalf("show proc = %+v, %v; want master %d with worker %d", pi, err, masterPID, res.PID)
+		}
+		if got, err := dial(other); err != nil || got != "b" {
+			t.Fatalf("extra: %q, %v", got, err)
+		}
+		worker = res.PID
+		t.Logf("master reload in %v", res.Duration)
+	})
+
+	t.Run("dies after fork: rolled back", func(t *testing.T) {
+		good := readFile(t, s.cfg)
+		bad := bytes.Replace(good, []byte("global\n"), []byte("global\n    chroot /nonexistent-dir\n"), 1)
+		res, err := s.m.Apply(ctx, bad)
+		mustErrorIs(t, err, ErrStartFailed)
+		if !res.RolledBack || !bytes.Equal(readFile(t, s.cfg), good) {
+			t.Fatalf("result = %+v, want rolled back to the previous file", res)
+		}
+		eventually(t, 10*time.Second, "clients served again", func() bool {
+			got, err := dial(front)
+			return err == nil && (got == "a" || got == "b")
+		})
+		t.Logf("failed reload: %v; rolled back in %v", err, res.Duration)
+	})
+
+	t.Run("master killed: restarted", func(t *testing.T) {
+		old := s.m.master.pid
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "a new master with a worker", func() bool {
+			pi, err := s.m.showProc(ctx)
+			return err == nil && pi.masterPID != old && len(pi.workers) == 1
+		})
+		eventually(t, 10*time.Second, "clients served", func() bool {
+			got, err := dial(front)
+			return err == nil && (got == "a" || got == "b")
+		})
+		cur := readFile(t, s.cfg)
+		next := bytes.Replace(cur, fmt.Appendf(nil, "    server b 127.0.0.1:%d \n", b.port), nil, 1)
+		if bytes.Equal(next, cur) {
+			t.Fatal("test setup: no server b line")
+		}
+		res := mustApply(t, s, next, ActionRuntime)
+		if res.Commands == 0 {
+			t.Errorf("result = %+v", res)
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		if err := s.m.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dial(front); err == nil {
+			t.Error("haproxy still answers after Stop")
+		}
+	})
+}
+
+// TestSuperviseReloadUnderLoad: 32 clients through HAProxy while a listen
+// section is added and removed (master CLI reloads): no failed connection.
+func TestSuperviseReloadUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	s := newRuntimeSite(t, func(o *Options) {
+		o.Logger = nil
+		o.Supervise = true
+		o.MasterSocket = filepath.Join(filepath.Dir(o.ConfigPath), "m.sock")
+	})
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	front, other := freePort(t), freePort(t)
+	base := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, "check"}, rtServer{"b", b.port, ""})
+	extra := append(slices.Clone(base), fmt.Sprintf("listen extra\n    bind 127.0.0.1:%d\n    server e 127.0.0.1:%d\n", other, b.port)...)
+	mustApply(t, s, base, ActionStart)
+
+	var okCount, failCount atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := dial(front); err != nil {
+					failCount.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				okCount.Add(1)
+			}
+		})
+	}
+	var applyErr error
+	for i := range 6 {
+		cfg := [][]byte{extra, base}[i%2]
+		if res, err := s.m.Apply(ctx, cfg); err != nil || res.Action != ActionReload {
+			applyErr = fmt.Errorf("reload %d: %+v, %w", i, res, err)
+			break
+		}
+	}
+	cancel()
+	wg.Wait()
+	if applyErr != nil {
+		t.Fatal(applyErr)
+	}
+	t.Logf("6 master reloads, 32 clients: %d ok, %d failed connections", okCount.Load(), failCount.Load())
+	if failCount.Load() != 0 {
+		t.Errorf("%d connections failed, first: %v", failCount.Load(), firstErr.Load())
+	}
+}

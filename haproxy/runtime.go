@@ -1,0 +1,237 @@
+package haproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/haproxytech/client-native/v5/runtime"
+	"github.com/haproxytech/client-native/v5/runtime/options"
+)
+
+// ErrRuntimeRefused is matched (errors.Is) by every *RuntimeError.
+var ErrRuntimeRefused = errors.New("runtime API refused a command")
+
+// RuntimeError is a runtime API command that HAProxy answered with an
+// error (severity 0-3), or a server that would not drain or go away.
+type RuntimeError struct {
+	Command string // the command line sent ("a;b" when joined)
+	Reply   string // HAProxy's error line, without its "[3]: " severity prefix
+}
+
+func (e *RuntimeError) Error() string {
+	return fmt.Sprintf("runtime API refused %q: %s", e.Command, e.Reply)
+}
+
+// Is reports whether target is ErrRuntimeRefused.
+func (e *RuntimeError) Is(target error) bool { return target == ErrRuntimeRefused }
+
+// drainPoll is how often a draining server's sessions are counted.
+const drainPoll = 10 * time.Millisecond
+
+// delRetry bounds how long "del server" is retried while HAProxy still
+// counts connections on a server in MAINT.
+const delRetry = time.Second
+
+// runtimeAPI sends commands to the stats socket through client-native's
+// runtime client, which prefixes each line with "set severity-output
+// number" so that every reply line carries its severity.
+type runtimeAPI struct {
+	rt     *runtime.SingleRuntime
+	socket string
+	log    *slog.Logger
+}
+
+func newRuntimeAPI(socket string, log *slog.Logger) (*runtimeAPI, error) {
+	rt := &runtime.SingleRuntime{}
+	if err := rt.Init(socket, 0, 0, options.RuntimeOptions{DoNotCheckRuntimeOnInit: true}); err != nil {
+		return nil, fmt.Errorf("runtime API on %s: %w", socket, err)
+	}
+	return &runtimeAPI{rt: rt, socket: socket, log: log}, nil
+}
+
+// exec sends one line (commands joined with ';' run in order) and parses
+// the reply: HAProxy answers in text even on failure, so any reply line
+// with severity 0-3 makes a *RuntimeError.
+func (r *runtimeAPI) exec(line string) (string, error) {
+	reply, err := r.rt.ExecuteRaw(line)
+	if err != nil {
+		return "", fmt.Errorf("runtime API %q on %s: %w", line, r.socket, err)
+	}
+	if msg, bad := replyError(reply); bad {
+		return reply, &RuntimeError{Command: line, Reply: msg}
+	}
+	return reply, nil
+}
+
+// replyError finds the first error line ("[0]:" to "[3]:") of a reply.
+func replyError(reply string) (string, bool) {
+	for _, l := range strings.Split(reply, "\n") {
+		l = strings.TrimSpace(l)
+		if len(l) >= 4 && l[0] == '[' && l[1] >= '0' && l[1] <= '3' && l[2] == ']' && l[3] == ':' {
+			return strings.TrimSpace(l[4:]), true
+		}
+	}
+	return "", false
+}
+
+// sessions returns the current session count (show stat "scur") of one server.
+func (r *runtimeAPI) sessions(backend, server string) (int, error) {
+	reply, err := r.exec("show stat " + backend + " 4 -1")
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(reply))
+	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
+	col := -1
+	for sc.Scan() {
+		line := sc.Text()
+		if h, ok := strings.CutPrefix(line, "# "); ok {
+			for i, name := range strings.Split(h, ",") {
+				if name == "scur" {
+					col = i
+				}
+			}
+			continue
+		}
+		f := strings.Split(line, ",")
+		if col < 0 || len(f) <= col || f[0] != backend || f[1] != server {
+			continue
+		}
+		n, err := strconv.Atoi(f[col])
+		if err != nil {
+			return 0, fmt.Errorf("show stat %s/%s: scur %q: %w", backend, server, f[col], err)
+		}
+		return n, nil
+	}
+	return 0, &RuntimeError{Command: "show stat " + backend + " 4 -1", Reply: "no line for server " + server}
+}
+
+// drain waits until backend/server has no sessions, at most timeout (or
+// until ctx ends), then ends the remaining ones with "shutdown sessions".
+func (r *runtimeAPI) drain(ctx context.Context, backend, server string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := r.sessions(backend, server)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			r.log.Info("drain timeout: shutting down sessions", "backend", backend, "server", server, "sessions", n, "drain_timeout", timeout)
+			_, err := r.exec("shutdown sessions server " + backend + "/" + server)
+			return err
+		}
+		t := time.NewTimer(drainPoll)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+}
+
+// del deletes a server in MAINT, retrying briefly while HAProxy still
+// counts connections on it.
+func (r *runtimeAPI) del(backend, server string) error {
+	id := backend + "/" + server
+	deadline := time.Now().Add(delRetry)
+	for {
+		_, err := r.exec("del server " + id)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		var re *RuntimeError
+		if !errors.As(err, &re) || !strings.Contains(re.Reply, "connection") {
+			return err
+		}
+		if _, err := r.exec("shutdown sessions server " + id); err != nil {
+			return err
+		}
+		time.Sleep(drainPoll)
+	}
+}
+
+// runOps applies ops in order and returns how many commands were sent.
+// It stops at the first refusal.
+func (r *runtimeAPI) runOps(ctx context.Context, ops []ServerOp, drainTimeout time.Duration) (int, error) {
+	n := 0
+	for _, op := range ops {
+		for _, step := range op.steps() {
+			switch {
+			case strings.HasPrefix(step, waitPrefix):
+				if err := r.drain(ctx, op.Backend, op.Server, drainTimeout); err != nil {
+					return n, err
+				}
+			case strings.HasPrefix(step, "del server "):
+				n++
+				if err := r.del(op.Backend, op.Server); err != nil {
+					return n, err
+				}
+			default:
+				n += strings.Count(step, ";") + 1
+				if _, err := r.exec(step); err != nil {
+					return n, err
+				}
+			}
+		}
+	}
+	return n, nil
+}
+
+// serversState returns "show servers state" with only the lines of servers
+// whose effective definition (address and options, default-server
+// included) is the same in live and next. HAProxy restores port, weight,
+// admin and health state from this file on reload, even over a changed
+// configuration: a server that the reload changes must start from the
+// configuration, not from its old state.
+func (r *runtimeAPI) serversState(live, next []byte) ([]byte, int, error) {
+	reply, err := r.exec("show servers state")
+	if err != nil {
+		return nil, 0, err
+	}
+	lc, lerr := parseConfig(live)
+	nc, nerr := parseConfig(next)
+	var b strings.Builder
+	kept := 0
+	for i, line := range strings.Split(strings.TrimSpace(reply), "\n") {
+		if i == 0 || strings.HasPrefix(line, "#") {
+			b.WriteString(line + "\n")
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || lerr != nil || nerr != nil {
+			continue
+		}
+		a, aok := lc.serverPrint(f[1], f[3])
+		z, zok := nc.serverPrint(f[1], f[3])
+		if aok && zok && a == z {
+			b.WriteString(line + "\n")
+			kept++
+		}
+	}
+	return []byte(b.String()), kept, nil
+}
+
+// serverPrint identifies what a server line means, default-server included.
+func (c *config) serverPrint(backend, server string) (string, bool) {
+	for _, s := range c.sections {
+		if !s.isProxy() || s.name != backend {
+			continue
+		}
+		srv := s.byName[server]
+		if srv == nil {
+			return "", false
+		}
+		e := s.effective(srv)
+		return srv.addr + " " + otherOptions(e.opts) + fmt.Sprintf(" weight=%d disabled=%t", e.weight, e.disabled), true
+	}
+	return "", false
+}
