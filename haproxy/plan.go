@@ -125,11 +125,14 @@ func PlanChange(prev, next []byte) (Plan, error) {
 	if prev == nil {
 		return Plan{Reload: true, Reasons: []string{"no running config"}}, nil
 	}
-	pc, err := parseConfig(prev)
+	// Server lines that are the same in both configs (nearly all of them)
+	// are parsed once.
+	cache := make(map[string]*server)
+	pc, err := parseConfig(prev, cache)
 	if err != nil {
 		return Plan{}, fmt.Errorf("plan: previous config: %w", err)
 	}
-	nc, err := parseConfig(next)
+	nc, err := parseConfig(next, cache)
 	if err != nil {
 		return Plan{}, fmt.Errorf("plan: next config: %w", err)
 	}
@@ -237,6 +240,9 @@ type section struct {
 	byName     map[string]*server
 	defaults   *section // the defaults section a proxy uses (nil if none)
 	dupNames   []string // server names seen twice
+
+	dflt     []params.ServerOption // defaultServer, once computed
+	dfltDone bool
 }
 
 type server struct {
@@ -275,7 +281,7 @@ func isSectionKind(w string) bool {
 // parseConfig splits a config into sections of normalized lines (comments
 // and blank lines dropped, fields single-spaced), with the server lines of
 // proxies parsed by client-native's config-parser option parsers.
-func parseConfig(data []byte) (*config, error) {
+func parseConfig(data []byte, cache map[string]*server) (*config, error) {
 	c := &config{byKey: make(map[string]*section)}
 	var cur *section
 	var lastDefaults *section
@@ -329,8 +335,17 @@ func parseConfig(data []byte) (*config, error) {
 			if len(fields) < 3 {
 				return nil, fmt.Errorf("line %d: server line needs a name and an address: %q", lineNo, norm)
 			}
-			s := parseServer(fields)
-			s.line = norm
+			var s *server
+			if c, ok := cache[norm]; ok {
+				cp := *c // opts are shared read-only
+				s = &cp
+			} else {
+				s = parseServer(fields)
+				s.line = norm
+				if cache != nil {
+					cache[norm] = s
+				}
+			}
 			if _, dup := cur.byName[s.name]; dup {
 				cur.dupNames = append(cur.dupNames, s.name)
 			}
@@ -548,6 +563,13 @@ func (s *section) dynamicBalance() (bool, string) {
 // defaultServer returns the default-server options in effect in s: its
 // defaults section's, overridden by its own lines in order.
 func (s *section) defaultServer() []params.ServerOption {
+	if !s.dfltDone {
+		s.dflt, s.dfltDone = s.computeDefaultServer(), true
+	}
+	return s.dflt
+}
+
+func (s *section) computeDefaultServer() []params.ServerOption {
 	var out []params.ServerOption
 	var chain []*section
 	for sec := s; sec != nil; sec = sec.defaults {
@@ -666,8 +688,11 @@ func diffServers(ps, ns *section) (adds, updates, removes []ServerOp, reasons []
 		removes = append(removes, ServerOp{Kind: OpRemove, Backend: ns.name, Server: srv.name, PrevAddr: addrString(srv), PrevPort: srv.port, Check: e.check, Line: srv.line})
 	}
 	for _, srv := range ns.servers {
-		e := ns.effective(srv)
 		old := ps.byName[srv.name]
+		if old != nil && old.line == srv.line {
+			continue // default-server changes are line changes of the section
+		}
+		e := ns.effective(srv)
 		if old == nil {
 			op, why := addOp(ns, srv, e, dynamic, algo)
 			if why != "" {

@@ -197,8 +197,8 @@ func (r *runtimeAPI) serversState(live, next []byte) ([]byte, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	lc, lerr := parseConfig(live)
-	nc, nerr := parseConfig(next)
+	lc, lerr := parseConfig(live, nil)
+	nc, nerr := parseConfig(next, nil)
 	var b strings.Builder
 	kept := 0
 	for i, line := range strings.Split(strings.TrimSpace(reply), "\n") {

@@ -60,17 +60,24 @@ type Lookup interface {
 // has no directories: they are derived from the '/'-separated key paths, as
 // confd's memkv does.
 type kvStore struct {
-	m    map[string]string
-	keys []string // sorted, for deterministic iteration
+	m      map[string]string
+	sorted []string // sorted keys, built on first use (most templates never list keys)
 }
 
 func newKVStore(m map[string]string) *kvStore {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	return &kvStore{m: m}
+}
+
+// keys returns the keys sorted, for deterministic iteration.
+func (s *kvStore) keys() []string {
+	if s.sorted == nil {
+		s.sorted = make([]string, 0, len(s.m))
+		for k := range s.m {
+			s.sorted = append(s.sorted, k)
+		}
+		sort.Strings(s.sorted)
 	}
-	sort.Strings(keys)
-	return &kvStore{m: m, keys: keys}
+	return s.sorted
 }
 
 func (s *kvStore) exists(key string) bool {
@@ -104,10 +111,10 @@ func (s *kvStore) getv(key string, def ...string) (string, error) {
 // least one key to match it against.
 func (s *kvStore) gets(pattern string) (KVPairs, error) {
 	out := make(KVPairs, 0)
-	if _, err := path.Match(pattern, ""); err != nil && len(s.keys) > 0 {
+	if _, err := path.Match(pattern, ""); err != nil && len(s.m) > 0 {
 		return nil, fmt.Errorf("pattern %q: %w", pattern, err)
 	}
-	for _, k := range s.keys {
+	for _, k := range s.keys() {
 		if ok, _ := path.Match(pattern, k); ok {
 			out = append(out, KVPair{Key: k, Value: s.m[k]})
 		}
@@ -148,7 +155,7 @@ func hasTermPrefix(prefix, terms []string) bool {
 func (s *kvStore) ls(dir string) []string {
 	set := make(map[string]bool)
 	prefix := pathTerms(dir)
-	for _, k := range s.keys {
+	for _, k := range s.keys() {
 		if k == dir {
 			set[path.Base(k)] = true
 			continue
@@ -168,7 +175,7 @@ func (s *kvStore) ls(dir string) []string {
 func (s *kvStore) lsdir(dir string) []string {
 	set := make(map[string]bool)
 	prefix := pathTerms(dir)
-	for _, k := range s.keys {
+	for _, k := range s.keys() {
 		if !strings.HasPrefix(k, dir) {
 			continue
 		}

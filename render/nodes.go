@@ -145,7 +145,7 @@ func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
 		id, field, deep := strings.Cut(rest, "/")
 		r := raws[id]
 		if r == nil {
-			r = &rawNode{fields: make(map[string]string)}
+			r = &rawNode{}
 			raws[id] = r
 		}
 		if !deep {
@@ -155,6 +155,9 @@ func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
 		}
 		if field == "" || strings.Contains(field, "/") {
 			continue // deeper keys are ignored
+		}
+		if r.fields == nil {
+			r.fields = make(map[string]string, 4)
 		}
 		r.fields[field] = v
 	}

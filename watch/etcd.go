@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,9 +14,13 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // ErrInvalidOptions is wrapped by every error NewEtcd returns for bad
@@ -63,11 +68,17 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the jittered, doubling delay between
 	// reconnect attempts (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
-	// Logger for warnings about etcd; nil discards.
+	// Logger for warnings about etcd (the caller adds its component
+	// attribute); nil discards.
 	Logger *slog.Logger
 	// OnStatus, if set, is called from the Run goroutine on each
 	// connect/disconnect transition (and once for the first outcome).
 	OnStatus func(Status)
+	// TLS is the TLS configuration the etcd client uses, if any. It is
+	// only used to explain failures: when etcd does not answer, a TLS
+	// handshake to each https endpoint says whether etcd refuses the
+	// client certificate or the server certificate is not trusted.
+	TLS *tls.Config
 }
 
 // keyRange is one etcd range: a single key when end is "", every key from
@@ -85,6 +96,7 @@ type Etcd struct {
 	maxBackoff time.Duration
 	logger     *slog.Logger
 	onStatus   func(Status)
+	tls        *tls.Config
 
 	// Not options: changed by tests only.
 	requestTimeout  time.Duration // per Get request
@@ -110,6 +122,7 @@ func NewEtcd(cli *clientv3.Client, opts Options) (*Etcd, error) {
 		maxBackoff:     opts.MaxBackoff,
 		logger:         opts.Logger,
 		onStatus:       opts.OnStatus,
+		tls:            opts.TLS,
 		requestTimeout: defaultRequestTimeout,
 		probeInterval:  defaultProbeInterval,
 	}
@@ -135,7 +148,6 @@ func NewEtcd(cli *clientv3.Client, opts Options) (*Etcd, error) {
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)
 	}
-	e.logger = e.logger.With("component", "watch")
 
 	for _, p := range e.prefixes {
 		if strings.HasSuffix(p, "/") {
@@ -259,7 +271,7 @@ func (e *Etcd) Run(ctx context.Context, out chan<- Snapshot) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.watchBroken(err)
+		r.watchBroken(ctx, err)
 		if !r.wait(ctx) {
 			return nil
 		}
@@ -480,9 +492,8 @@ func (r *runner) readFailed(ctx context.Context, err error) {
 	r.failures++
 	if r.failures == 1 || r.failures%logEvery == 0 || err.Error() != r.lastErr {
 		args := []any{"endpoints", r.e.cli.Endpoints(), "failures", r.failures, "error", err}
-		// A timed-out request does not say why; a plain dial often does.
-		if dialErr := dialEndpoints(ctx, r.e.cli.Endpoints(), r.e.requestTimeout); dialErr != nil {
-			args = append(args, "endpoint_error", dialErr)
+		if why := r.e.diagnose(ctx, err); why != nil {
+			args = append(args, "endpoint_error", why)
 		}
 		r.e.logger.Warn("etcd read failed, retrying", args...)
 	}
@@ -490,7 +501,7 @@ func (r *runner) readFailed(ctx context.Context, err error) {
 	r.setStatus(false, err, r.rev)
 }
 
-func (r *runner) watchBroken(err error) {
+func (r *runner) watchBroken(ctx context.Context, err error) {
 	var ce *errCompacted
 	if errors.As(err, &ce) {
 		// etcd is fine; only our position in its history is gone.
@@ -498,8 +509,11 @@ func (r *runner) watchBroken(err error) {
 			"rev", ce.rev, "compact_rev", ce.compactRev)
 		return
 	}
-	r.e.logger.Warn("etcd watch broken, reading everything again",
-		"endpoints", r.e.cli.Endpoints(), "rev", r.rev, "error", err)
+	args := []any{"endpoints", r.e.cli.Endpoints(), "rev", r.rev, "error", err}
+	if why := r.e.diagnose(ctx, err); why != nil {
+		args = append(args, "endpoint_error", why)
+	}
+	r.e.logger.Warn("etcd watch broken, reading everything again", args...)
 	r.setStatus(false, err, r.rev)
 	// Count the break like a failed read so the next failure is not
 	// logged again as the first one.
@@ -516,6 +530,106 @@ func (r *runner) setStatus(connected bool, err error, rev int64) {
 	if r.e.onStatus != nil {
 		r.e.onStatus(r.status)
 	}
+}
+
+// diagnose says why etcd did not answer when err does not: a request
+// that timed out while the client waited for a connection only says
+// "context deadline exceeded". It returns nil when err is an answer from
+// etcd or no better reason is found.
+func (e *Etcd) diagnose(ctx context.Context, err error) error {
+	var etcdErr rpctypes.EtcdError
+	if errors.As(err, &etcdErr) || errors.Is(err, rpctypes.ErrCompacted) || ctx.Err() != nil {
+		return nil
+	}
+	// Refused connections name the endpoints that refuse.
+	if dialErr := dialEndpoints(ctx, e.cli.Endpoints(), e.requestTimeout); dialErr != nil {
+		return dialErr
+	}
+	if e.tls != nil {
+		if tlsErr := tlsEndpoints(ctx, e.cli.Endpoints(), e.tls, e.requestTimeout); tlsErr != nil {
+			return tlsErr
+		}
+	}
+	// Every endpoint accepts TCP: ask the client's own connection without
+	// waiting for it to become ready, so that a failed TLS handshake or a
+	// refused certificate is reported as such.
+	err = transportError(ctx, e.cli, e.requestTimeout)
+	if err != nil && hasHTTPS(e.cli.Endpoints()) && !mentionsTLS(err.Error()) {
+		// A server that refuses the client certificate after a TLS 1.3
+		// handshake often shows as a broken pipe or a reset.
+		return fmt.Errorf("TLS connection closed by etcd (does it accept the client certificate?): %w", err)
+	}
+	return err
+}
+
+func hasHTTPS(endpoints []string) bool {
+	for _, ep := range endpoints {
+		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://") {
+			return true
+		}
+	}
+	return false
+}
+
+func mentionsTLS(s string) bool {
+	s = strings.ToLower(s)
+	return strings.Contains(s, "tls") || strings.Contains(s, "x509") || strings.Contains(s, "certificate")
+}
+
+// tlsEndpoints makes a TLS connection with cfg to each https endpoint and
+// returns the errors of those that fail the handshake or refuse the
+// client certificate.
+func tlsEndpoints(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
+	var errs []error
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		c := cfg.Clone()
+		if c.ServerName == "" {
+			c.ServerName = u.Hostname()
+		}
+		c.NextProtos = []string{"h2"}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: c}
+		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: TLS handshake: %w", ep, err))
+			continue
+		}
+		// With TLS 1.3 the server judges the client certificate after the
+		// client finished its handshake: a refusal is an alert on the
+		// first read. An accepted client gets HTTP/2 settings or nothing.
+		_ = conn.SetReadDeadline(time.Now().Add(min(timeout, time.Second)))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && mentionsTLS(err.Error()) {
+			errs = append(errs, fmt.Errorf("%s: TLS: %w", ep, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// transportError returns why the client's connection to etcd is down, as
+// gRPC reports it, or nil if a request goes through or nothing is known.
+func transportError(ctx context.Context, cli *clientv3.Client, timeout time.Duration) error {
+	conn := cli.ActiveConnection()
+	if conn == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn.Connect()
+	_, err := pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.WaitForReady(false))
+	if err == nil || ctx.Err() != nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return nil
+	}
+	return errors.New(st.Message())
 }
 
 // dialEndpoints tries a TCP connection to each endpoint and returns the

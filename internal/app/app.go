@@ -415,7 +415,12 @@ func (a *App) guard(rev int64, out render.Output) error {
 	if a.opts.Force {
 		return nil
 	}
-	for _, svc := range out.Services {
+	for i, svc := range out.Services {
+		// The first prefix holds the servers; another one counts once it
+		// has had nodes (a prefix of settings never has any).
+		if i > 0 && len(a.lastNodes[svc.Name]) == 0 {
+			continue
+		}
 		if len(svc.Nodes) < a.opts.MinServers {
 			return a.hold(rev, out.Config, "min_servers", fmt.Sprintf("section %s would have %d servers, fewer than --min-servers %d",
 				svc.Name, len(svc.Nodes), a.opts.MinServers), false)

@@ -26,6 +26,8 @@ type Review struct {
 	Live     []byte // the current --output file, nil if absent
 	Changed  bool   // Output.Config differs from Live
 	Diff     string // unified diff Live → rendered
+	// RenderTime is how long rendering the snapshot took.
+	RenderTime time.Duration
 }
 
 // RenderReview renders once, from fromFile (a saved snapshot) or from a
@@ -48,7 +50,9 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
+	t0 := time.Now()
 	out, err := rend.Render(render.Input{Revision: snap.Revision, KVs: snap.Map()})
+	renderTime := time.Since(t0)
 	if err != nil {
 		return Review{}, err
 	}
@@ -60,7 +64,7 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
-	r := Review{Output: out, Revision: snap.Revision}
+	r := Review{Output: out, Revision: snap.Revision, RenderTime: renderTime}
 	live, err := os.ReadFile(cfg.Output)
 	switch {
 	case err == nil:
@@ -100,7 +104,7 @@ func readEtcdOnce(ctx context.Context, cfg config.Config, logger *slog.Logger) (
 		return watch.Snapshot{}, err
 	}
 	defer etcd.Close()
-	w, err := NewWatcher(etcd.Client, cfg, logger)
+	w, err := NewWatcher(etcd, cfg, logger)
 	if err != nil {
 		return watch.Snapshot{}, err
 	}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -99,7 +100,7 @@ func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error
 		StateFile:    cfg.StateFile,
 		Supervise:    cfg.Supervise,
 		MasterSocket: masterSocket(cfg),
-		Logger:       logger.With("component", "haproxy"),
+		Logger:       logger,
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -111,6 +112,7 @@ func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error
 // --embedded-etcd asked for one.
 type Etcd struct {
 	Client *clientv3.Client
+	TLS    *tls.Config
 	server *etcdserver.Server
 }
 
@@ -149,7 +151,7 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 		}
 		tlsCfg = c
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	ccfg := clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          cfg.EtcdDialTimeout,
 		DialKeepAliveTime:    10 * time.Second,
@@ -158,20 +160,46 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 		Password:             cfg.EtcdPassword,
 		TLS:                  tlsCfg,
 		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		e.Close()
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
 	}
-	e.Client = cli
-	return e, nil
+	e.TLS = tlsCfg
+	// Without credentials the client does not wait for etcd (the watcher
+	// retries). With them it fetches a token at once: retry that until
+	// etcd answers, so that an unreachable etcd at start is waited for,
+	// not an exit; a rejected password is a configuration error.
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		cli, err := clientv3.New(ccfg)
+		if err == nil {
+			e.Client = cli
+			return e, nil
+		}
+		if errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) {
+			e.Close()
+			return nil, configErr(fmt.Errorf("--etcd-username %s: etcd rejected the credentials: %w", cfg.EtcdUsername, err))
+		}
+		if cfg.EtcdUsername == "" || ctx.Err() != nil {
+			e.Close()
+			return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			logger.Warn("etcd unreachable, retrying; nothing is applied until it answers", "endpoints", endpoints, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			e.Close()
+			return nil, fmt.Errorf("etcd client for %v: %w", endpoints, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // NewWatcher returns the etcd source for cfg's prefixes.
-func NewWatcher(cli *clientv3.Client, cfg config.Config, logger *slog.Logger) (*watch.Etcd, error) {
-	w, err := watch.NewEtcd(cli, watch.Options{
+func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.Etcd, error) {
+	w, err := watch.NewEtcd(etcd.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
+		TLS:      etcd.TLS,
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -236,6 +264,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
 		OnStatus: loop.EtcdStatus,
+		TLS:      etcd.TLS,
 	})
 	if err != nil {
 		return configErr(err)

@@ -2,6 +2,7 @@ package etcdserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"runtime"
@@ -116,6 +117,34 @@ func (c *Cluster) Member(i int) *Server {
 	return c.members[i].srv
 }
 
+// LeaderIndex returns the index of the running member that is the raft
+// leader, or -1 while there is none (during an election, or without a
+// quorum). Tests poll it after stopping a leader.
+func (c *Cluster) LeaderIndex() int {
+	for i := range c.members {
+		if srv := c.Member(i); srv != nil && srv.IsLeader() {
+			return i
+		}
+	}
+	return -1
+}
+
+// WaitLeader polls LeaderIndex until there is a leader or ctx is done.
+func (c *Cluster) WaitLeader(ctx context.Context) (int, error) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if i := c.LeaderIndex(); i >= 0 {
+			return i, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("wait for an etcd leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
 // Stop stops member i; stopping a stopped member does nothing.
 func (c *Cluster) Stop(i int) {
 	c.mu.Lock()
@@ -145,6 +174,21 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 	m.srv = srv
 	c.mu.Unlock()
 	return nil
+}
+
+// RestartStopped starts every stopped member again, all at once (a lone
+// member of a cluster without quorum never becomes ready).
+func (c *Cluster) RestartStopped(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.members))
+	for i := range c.members {
+		if c.Member(i) != nil {
+			continue
+		}
+		wg.Go(func() { errs[i] = c.Restart(ctx, i) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Close stops every member. It is safe to call more than once.

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 )
@@ -39,7 +40,35 @@ type Options struct {
 	ClientURL string
 	// Logger receives etcd's warnings and errors. Nil silences etcd.
 	Logger *slog.Logger
+	// TLS, if set, makes etcd serve clients over https only, with
+	// TLS.ServerCertFile and TLS.ServerKeyFile, and require a client
+	// certificate signed by TLS.CAFile. ClientURL must then be https.
+	// Server.Client presents TLS.ClientCertFile.
+	TLS *PKI
+	// Auth, if set, turns on etcd authentication once the server is
+	// ready: a root user and the given users are created first. A server
+	// restarted on a data directory where auth is on is left as it is.
+	Auth *Auth
 }
+
+// Auth describes the users of an etcd with authentication on.
+type Auth struct {
+	// RootPassword is the password of the user "root" (required).
+	RootPassword string
+	// Users are created with a role of the same name.
+	Users []User
+}
+
+// User is an etcd user whose role may read one key prefix.
+type User struct {
+	Name     string
+	Password string
+	// ReadPrefix is the key prefix the user may read (required).
+	ReadPrefix string
+}
+
+// RootUser is the name of etcd's administrator user.
+const RootUser = "root"
 
 // memberConfig holds settings only used inside this package: cluster
 // membership for StartCluster and durability trade-offs for tests.
@@ -60,6 +89,8 @@ type Server struct {
 	endpoints []string
 	peerURL   string
 	logger    *slog.Logger
+	tls       *PKI
+	auth      *Auth
 	closeOnce sync.Once
 }
 
@@ -73,13 +104,16 @@ func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) 
 	if strings.TrimSpace(opts.Dir) == "" {
 		return nil, fmt.Errorf("etcd data dir: %w: must not be empty", ErrInvalidOptions)
 	}
+	if err := checkSecurity(opts); err != nil {
+		return nil, err
+	}
 	if opts.ClientURL != "" {
-		if _, err := parseListenURL(opts.ClientURL); err != nil {
+		if _, err := parseListenURL(opts.ClientURL, clientScheme(opts)); err != nil {
 			return nil, fmt.Errorf("etcd client URL %q: %w: %w", opts.ClientURL, ErrInvalidOptions, err)
 		}
 	}
 	if mc.peerURL != "" {
-		if _, err := parseListenURL(mc.peerURL); err != nil {
+		if _, err := parseListenURL(mc.peerURL, "http"); err != nil {
 			return nil, fmt.Errorf("etcd peer URL %q: %w: %w", mc.peerURL, ErrInvalidOptions, err)
 		}
 	}
@@ -107,7 +141,7 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 		if err != nil {
 			return nil, err
 		}
-		clientURL = u
+		clientURL = clientScheme(opts) + strings.TrimPrefix(u, "http")
 	}
 	peerURL := mc.peerURL
 	if peerURL == "" {
@@ -117,11 +151,11 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 		}
 		peerURL = u
 	}
-	cu, err := parseListenURL(clientURL)
+	cu, err := parseListenURL(clientURL, clientScheme(opts))
 	if err != nil {
 		return nil, fmt.Errorf("etcd client URL %q: %w: %w", clientURL, ErrInvalidOptions, err)
 	}
-	pu, err := parseListenURL(peerURL)
+	pu, err := parseListenURL(peerURL, "http")
 	if err != nil {
 		return nil, fmt.Errorf("etcd peer URL %q: %w: %w", peerURL, ErrInvalidOptions, err)
 	}
@@ -150,6 +184,14 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 	if mc.tickMs != 0 {
 		cfg.TickMs, cfg.ElectionMs = mc.tickMs, mc.electionMs
 	}
+	if opts.TLS != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       opts.TLS.ServerCertFile,
+			KeyFile:        opts.TLS.ServerKeyFile,
+			TrustedCAFile:  opts.TLS.CAFile,
+			ClientCertAuth: true,
+		}
+	}
 	cfg.UnsafeNoFsync = mc.noFsync
 	cfg.EnableGRPCGateway = false
 	cfg.LogLevel = "error"
@@ -177,13 +219,93 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 		e.Close()
 		return nil, fmt.Errorf("start etcd in %s on %s: %w: %w", opts.Dir, clientURL, ErrNotReady, ctx.Err())
 	}
-	return &Server{
+	s := &Server{
 		etcd:      e,
 		dir:       opts.Dir,
 		endpoints: []string{cu.String()},
 		peerURL:   pu.String(),
 		logger:    opts.Logger,
-	}, nil
+		tls:       opts.TLS,
+		auth:      opts.Auth,
+	}
+	if opts.Auth != nil && !e.Server.AuthStore().IsAuthEnabled() {
+		if err := s.enableAuth(ctx); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("start etcd in %s on %s: %w", opts.Dir, clientURL, err)
+		}
+	}
+	return s, nil
+}
+
+func clientScheme(opts Options) string {
+	if opts.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+func checkSecurity(opts Options) error {
+	if p := opts.TLS; p != nil {
+		for name, f := range map[string]string{
+			"CA": p.CAFile, "server certificate": p.ServerCertFile, "server key": p.ServerKeyFile,
+		} {
+			if f == "" {
+				return fmt.Errorf("etcd TLS %s: %w: file name is empty", name, ErrInvalidOptions)
+			}
+		}
+	}
+	if a := opts.Auth; a != nil {
+		if a.RootPassword == "" {
+			return fmt.Errorf("etcd auth root password: %w: must not be empty", ErrInvalidOptions)
+		}
+		for i, u := range a.Users {
+			switch {
+			case u.Name == "" || u.Name == RootUser:
+				return fmt.Errorf("etcd auth user #%d %q: %w: name must be set and not %q", i+1, u.Name, ErrInvalidOptions, RootUser)
+			case u.Password == "":
+				return fmt.Errorf("etcd auth user %q: %w: password must not be empty", u.Name, ErrInvalidOptions)
+			case u.ReadPrefix == "":
+				return fmt.Errorf("etcd auth user %q: %w: read prefix must not be empty", u.Name, ErrInvalidOptions)
+			}
+		}
+	}
+	return nil
+}
+
+// enableAuth creates root and the users, each with a role that may read
+// its prefix, then turns authentication on.
+func (s *Server) enableAuth(ctx context.Context) error {
+	cli, err := s.Client()
+	if err != nil {
+		return fmt.Errorf("enable auth: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.UserAdd(ctx, RootUser, s.auth.RootPassword); err != nil {
+		return fmt.Errorf("enable auth: add user %s: %w", RootUser, err)
+	}
+	if _, err := cli.UserGrantRole(ctx, RootUser, "root"); err != nil {
+		return fmt.Errorf("enable auth: grant role root: %w", err)
+	}
+	for _, u := range s.auth.Users {
+		if _, err := cli.RoleAdd(ctx, u.Name); err != nil {
+			return fmt.Errorf("enable auth: add role %s: %w", u.Name, err)
+		}
+		_, err := cli.RoleGrantPermission(ctx, u.Name, u.ReadPrefix, clientv3.GetPrefixRangeEnd(u.ReadPrefix),
+			clientv3.PermissionType(clientv3.PermRead))
+		if err != nil {
+			return fmt.Errorf("enable auth: let role %s read %s: %w", u.Name, u.ReadPrefix, err)
+		}
+		if _, err := cli.UserAdd(ctx, u.Name, u.Password); err != nil {
+			return fmt.Errorf("enable auth: add user %s: %w", u.Name, err)
+		}
+		if _, err := cli.UserGrantRole(ctx, u.Name, u.Name); err != nil {
+			return fmt.Errorf("enable auth: grant role %s: %w", u.Name, err)
+		}
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("enable auth: %w", err)
+	}
+	return nil
 }
 
 // Endpoints returns the client URLs of the server.
@@ -194,9 +316,19 @@ func (s *Server) Endpoints() []string {
 // Dir returns the data directory of the server.
 func (s *Server) Dir() string { return s.dir }
 
-// Client returns a new client connected to the server; the caller closes it.
+// Client returns a new client connected to the server, as root when auth
+// is on and with the client certificate when TLS is; the caller closes it.
 func (s *Server) Client() (*clientv3.Client, error) {
-	return newClient(s.endpoints, s.logger)
+	cfg, err := s.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	return newClientWith(cfg)
+}
+
+// ClientConfig returns the client configuration Client uses.
+func (s *Server) ClientConfig() (clientv3.Config, error) {
+	return clientConfig(s.endpoints, s.logger, s.tls, s.auth)
 }
 
 // IsLeader reports whether this member is the raft leader.
@@ -212,33 +344,57 @@ func (s *Server) Close() {
 }
 
 func newClient(endpoints []string, l *slog.Logger) (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
+	cfg, err := clientConfig(endpoints, l, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return newClientWith(cfg)
+}
+
+func clientConfig(endpoints []string, l *slog.Logger, p *PKI, a *Auth) (clientv3.Config, error) {
+	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      newZapLogger(l),
-	})
+	}
+	if p != nil {
+		info := transport.TLSInfo{TrustedCAFile: p.CAFile, CertFile: p.ClientCertFile, KeyFile: p.ClientKeyFile}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return clientv3.Config{}, fmt.Errorf("etcd client TLS: %w", err)
+		}
+		cfg.TLS = c
+	}
+	if a != nil {
+		cfg.Username, cfg.Password = RootUser, a.RootPassword
+	}
+	return cfg, nil
+}
+
+func newClientWith(cfg clientv3.Config) (*clientv3.Client, error) {
+	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)
+		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
 	return cli, nil
 }
 
-// parseListenURL checks that raw is an http URL with an IP host and a port,
-// as etcd needs to bind it.
-func parseListenURL(raw string) (*url.URL, error) {
+// parseListenURL checks that raw is a URL with the given scheme, an IP
+// host and a port, as etcd needs to bind it.
+func parseListenURL(raw, scheme string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, err
 	}
-	if u.Scheme != "http" {
-		return nil, fmt.Errorf("scheme must be http, got %q", u.Scheme)
+	if u.Scheme != scheme {
+		return nil, fmt.Errorf("scheme must be %s, got %q", scheme, u.Scheme)
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
-		return nil, errors.New("must be http://IP:PORT with no path, query or user")
+		return nil, fmt.Errorf("must be %s://IP:PORT with no path, query or user", scheme)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil {
-		return nil, fmt.Errorf("want http://IP:PORT: %w", err)
+		return nil, fmt.Errorf("want %s://IP:PORT: %w", scheme, err)
 	}
 	if net.ParseIP(host) == nil {
 		return nil, fmt.Errorf("host %q is not an IP address", host)

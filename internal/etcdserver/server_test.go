@@ -143,22 +143,33 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("put: %v", err)
 	}
 
-	c.Stop(0)
-	c.Stop(0) // no-op
-	if c.Member(0) != nil {
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(leader)
+	c.Stop(leader) // no-op
+	if c.Member(leader) != nil {
 		t.Fatal("stopped member still listed")
+	}
+	next, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == leader {
+		t.Fatalf("stopped member m%d is still the leader", leader)
 	}
 	// Two of three members keep a quorum.
 	if _, err := cli.Put(ctx, "/a", "2"); err != nil {
 		t.Fatalf("put with one member down: %v", err)
 	}
-	if err := c.Restart(ctx, 0); err != nil {
+	if err := c.RestartStopped(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Restart(ctx, 0); err == nil {
+	if err := c.Restart(ctx, leader); err == nil {
 		t.Fatal("restart of a running member succeeded")
 	}
-	mcli, err := c.Member(0).Client()
+	mcli, err := c.Member(leader).Client()
 	if err != nil {
 		t.Fatal(err)
 	}

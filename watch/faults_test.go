@@ -1,0 +1,365 @@
+package watch
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"maps"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/haconfd/haconfd/internal/etcdserver"
+)
+
+// collector keeps every snapshot Run sends and checks that revisions
+// never go backwards.
+type collector struct {
+	mu    sync.Mutex
+	snaps []Snapshot
+	back  []string // revisions that went backwards
+	done  chan struct{}
+}
+
+func collect(out <-chan Snapshot) *collector {
+	c := &collector{done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for s := range out {
+			c.mu.Lock()
+			if n := len(c.snaps); n > 0 && s.Revision < c.snaps[n-1].Revision {
+				c.back = append(c.back, fmt.Sprintf("%d after %d", s.Revision, c.snaps[n-1].Revision))
+			}
+			c.snaps = append(c.snaps, s)
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+func (c *collector) last() Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.snaps) == 0 {
+		return Snapshot{}
+	}
+	return c.snaps[len(c.snaps)-1]
+}
+
+// waitRev polls until a snapshot at rev or later arrived.
+func (c *collector) waitRev(t *testing.T, rev int64) Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if s := c.last(); s.Revision >= rev {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no snapshot at revision %d; last is at %d", rev, c.last().Revision)
+	return Snapshot{}
+}
+
+// runCollected is run with the snapshots going to a collector; the channel
+// is closed once Run returned, so the collector ends with the test.
+func runCollected(t *testing.T, e *Etcd) *collector {
+	t.Helper()
+	out := make(chan Snapshot)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx, out) }()
+	c := collect(out)
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run returned %v, want nil", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Errorf("Run did not return after cancel")
+		}
+		close(out)
+		<-c.done
+	})
+	return c
+}
+
+// writer puts /p/kNNNNN keys one after another, paced, until stopped, and
+// records the revision of every acknowledged put.
+type writer struct {
+	mu    sync.Mutex
+	acked map[string]int64
+	fails int
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func startWriter(cli *clientv3.Client, every time.Duration) *writer {
+	w := &writer{acked: map[string]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			case <-tick.C:
+			}
+			key := fmt.Sprintf("/p/k%05d", i)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := cli.Put(ctx, key, fmt.Sprint(i))
+			cancel()
+			w.mu.Lock()
+			if err == nil {
+				w.acked[key] = resp.Header.Revision
+			} else {
+				w.fails++
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *writer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+func (w *writer) finish() (map[string]int64, int) {
+	close(w.stop)
+	<-w.done
+	return w.acked, w.fails
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %v", what, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The leader of a 3-member cluster is stopped while keys are written and
+// while the watch stream is on it: the watch moves to another member and
+// no event is missed. Every snapshot equals etcd's content at its
+// revision, revisions never go backwards, and the last snapshot holds
+// every acknowledged put.
+func TestLeaderStoppedNoMissedEvent(t *testing.T) {
+	c := etcdserver.StartCluster(t, 3)
+	ctx := ctxT(t)
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The watcher's client knows only the leader at first, so that its
+	// watch stream is on the member about to be stopped; then it learns
+	// the others, as a client given all endpoints would have them.
+	wcli := newClient(t, []string{c.Endpoints()[leader]})
+	var logs syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	var rec statusRecorder
+	e := newEtcd(t, wcli, Options{
+		Prefixes:   []string{"/p"},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 200 * time.Millisecond,
+		Logger:     testLogger(&logs),
+		OnStatus:   rec.record,
+	})
+	e.requestTimeout = time.Second
+	e.probeInterval = 200 * time.Millisecond
+	col := runCollected(t, e)
+	rec.waitFor(t, true)
+	wcli.SetEndpoints(c.Endpoints()...)
+
+	wr := newClient(t, c.Endpoints())
+	w := startWriter(wr, 10*time.Millisecond)
+	waitFor(t, "100 puts before the stop", func() bool { return w.count() >= 100 })
+	stopped := time.Now()
+	c.Stop(leader)
+	next, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := w.count()
+	waitFor(t, "100 puts after the stop", func() bool { return w.count() >= before+100 })
+	acked, fails := w.finish()
+
+	resp, err := wr.Get(ctx, "/p", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := col.waitRev(t, resp.Header.Revision)
+	t.Logf("leader m%d stopped, m%d leads; %d puts acknowledged, %d failed; last snapshot at rev %d with %d keys %v after the stop",
+		leader, next, len(acked), fails, final.Revision, len(final.KVs), time.Since(stopped).Round(time.Millisecond))
+
+	for k, rev := range acked {
+		if _, ok := final.Get(k); !ok {
+			t.Errorf("acknowledged put %s (rev %d) missing from the last snapshot", k, rev)
+		}
+	}
+	col.mu.Lock()
+	snaps, back := col.snaps, col.back
+	col.mu.Unlock()
+	if len(back) > 0 {
+		t.Errorf("snapshot revisions went backwards: %v", back)
+	}
+	// Each snapshot is exactly etcd's content at its revision.
+	for _, s := range snaps {
+		resp, err := wr.Get(ctx, "/p", clientv3.WithPrefix(), clientv3.WithRev(s.Revision))
+		if err != nil {
+			t.Fatalf("get at %d: %v", s.Revision, err)
+		}
+		want := map[string]string{}
+		for _, kv := range resp.Kvs {
+			want[string(kv.Key)] = string(kv.Value)
+		}
+		if got := s.Map(); !maps.Equal(got, want) {
+			t.Fatalf("snapshot at rev %d has %d keys, etcd had %d", s.Revision, len(got), len(want))
+		}
+	}
+	t.Logf("%d snapshots checked; watch breaks logged: %q", len(snaps), firstLine(logs.String(), "etcd watch broken"))
+}
+
+// With every member down the source says so, with the time it began;
+// when the members return it reads again and reports connected.
+func TestClusterDownStatus(t *testing.T) {
+	c := etcdserver.StartCluster(t, 3)
+	ctx := ctxT(t)
+	cli := newClient(t, c.Endpoints())
+	var rec statusRecorder
+	var logs syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	e := newEtcd(t, cli, Options{
+		Prefixes:   []string{"/p"},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 200 * time.Millisecond,
+		Logger:     testLogger(&logs),
+		OnStatus:   rec.record,
+	})
+	e.requestTimeout = 500 * time.Millisecond
+	e.probeInterval = 100 * time.Millisecond
+	col := runCollected(t, e)
+	up := rec.waitFor(t, true)
+	put(t, cli, "/p/n1", "a")
+	col.waitRev(t, 2)
+
+	down := time.Now()
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(leader)
+	for i := range c.Endpoints() {
+		c.Stop(i)
+	}
+	st := rec.waitFor(t, false)
+	if st.Err == nil || st.Since.Before(down) || !st.Since.After(up.Since) {
+		t.Errorf("down status = %+v, want an error and since after %v", st, down)
+	}
+	t.Logf("disconnect noticed after %v: %v", st.Since.Sub(down).Round(time.Millisecond), st.Err)
+
+	if err := c.RestartStopped(ctx); err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	rev := put(t, cli, "/p/n2", "b")
+	s := col.waitRev(t, rev)
+	if got := s.Map(); !maps.Equal(got, map[string]string{"/p/n1": "a", "/p/n2": "b"}) {
+		t.Errorf("after return = %v", got)
+	}
+	again := rec.waitFor(t, true)
+	if !again.Since.After(st.Since) {
+		t.Errorf("reconnected status %+v, want since after %v", again, st.Since)
+	}
+	t.Logf("resync %v after the members returned", again.Since.Sub(returned).Round(time.Millisecond))
+	if !strings.Contains(logs.String(), "etcd reachable again") {
+		t.Errorf("recovery not logged")
+	}
+}
+
+// A client certificate the server does not trust is reported as a TLS
+// problem, not as a bare timeout.
+func TestTLSRejectedIsNamed(t *testing.T) {
+	pki := etcdserver.NewTestPKI(t, "")
+	other := etcdserver.NewTestPKI(t, "")
+	srv := etcdserver.StartForTestWith(t, etcdserver.Options{TLS: &pki})
+	tests := []struct {
+		name          string
+		ca, cert, key string
+		want          string
+	}{
+		{"client cert of another CA", pki.CAFile, other.ClientCertFile, other.ClientKeyFile, "tls"},
+		{"server cert of another CA", other.CAFile, pki.ClientCertFile, pki.ClientKeyFile, "certificate"},
+	}
+	for _, tt := range tests {
+		for _, withTLS := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/tls option %v", tt.name, withTLS), func(t *testing.T) {
+				cfg, err := srv.ClientConfig()
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.TLS, err = tlsConfig(tt.ca, tt.cert, tt.key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.Logger = zap.NewNop()
+				cli, err := clientv3.New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { cli.Close() })
+				var logs syncBuffer
+				var rec statusRecorder
+				opts := Options{Prefixes: []string{"/p"}, MinBackoff: 10 * time.Millisecond,
+					MaxBackoff: 50 * time.Millisecond, Logger: testLogger(&logs), OnStatus: rec.record}
+				if withTLS {
+					opts.TLS = cfg.TLS
+				}
+				e := newEtcd(t, cli, opts)
+				e.requestTimeout = 300 * time.Millisecond
+				run(t, e)
+				rec.waitFor(t, false)
+				waitFor(t, "a warning", func() bool { return strings.Contains(logs.String(), "etcd read failed") })
+				line := firstLine(logs.String(), "etcd read failed")
+				t.Log(line)
+				if !strings.Contains(strings.ToLower(line), tt.want) || !strings.Contains(line, "endpoint_error=") {
+					t.Errorf("warning does not name the TLS problem (%q):\n%s", tt.want, line)
+				}
+			})
+		}
+	}
+}
+
+func firstLine(s, substr string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	return ""
+}
+
+func tlsConfig(ca, cert, key string) (*tls.Config, error) {
+	info := transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}
+	return info.ClientConfig()
+}
