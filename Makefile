@@ -6,7 +6,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build test demo bench lint deps fmt clean
+.PHONY: all build test demo bench lint deps fmt clean fuzz readme
+
+FUZZTIME ?= 30s
 
 all: build
 
@@ -32,5 +34,19 @@ demo: deps build
 bench: deps build
 	PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN)
 
+# The flag reference in README.md, from the cobra commands.
+readme:
+	$(GO) test ./cmd/haconfd -run TestREADMEFlags -update-readme
+
+# Each fuzz target for FUZZTIME (CI runs only their seed corpus, in make test).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNodes$$' -fuzztime $(FUZZTIME) ./render
+	$(GO) test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) ./render
+
 clean:
 	rm -rf bin
+
+# The real-Galera end-to-end test (three mariadbd + haconfd + HAProxy; root, installs packages).
+.PHONY: e2e-galera
+e2e-galera:
+	bash e2e/galera/run.sh

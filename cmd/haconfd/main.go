@@ -128,6 +128,7 @@ func classify(err error) error {
 }
 
 func newRun(stdout, stderr io.Writer) *cobra.Command {
+	var validateOnly bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Watch etcd and keep HAProxy's config live and in step (the daemon)",
@@ -138,6 +139,13 @@ func newRun(stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			logger := newLogger(cfg, stderr)
+			if validateOnly {
+				if err := app.ValidateConfig(cfg, logger); err != nil {
+					return &exitError{code: 2, err: err}
+				}
+				_, err := fmt.Fprintf(stdout, "config OK: output %s, prefixes %v\n", cfg.Output, cfg.Prefixes)
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			out, _ := stdout.(*os.File)
@@ -149,6 +157,7 @@ func newRun(stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	config.AddFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&validateOnly, "validate-config", false, "check flags, environment, config file, templates and paths, print what is wrong, exit 0 (OK) or 2; starts nothing")
 	return cmd
 }
 

@@ -30,7 +30,15 @@ import (
 // TLS material): the command exits 2 for them.
 var ErrConfig = errors.New("configuration error")
 
-func configErr(err error) error { return fmt.Errorf("%w: %w", ErrConfig, err) }
+// configError is an error in what the operator gave: its text is the
+// cause's, and errors.Is(err, ErrConfig) holds.
+type configError struct{ err error }
+
+func (e configError) Error() string        { return e.err.Error() }
+func (e configError) Unwrap() error        { return e.err }
+func (e configError) Is(target error) bool { return target == ErrConfig }
+
+func configErr(err error) error { return configError{err} }
 
 // NewRenderer builds the renderer that cfg describes: the embedded base
 // and galera template by default, or the operator's --template, with the
