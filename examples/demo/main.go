@@ -141,6 +141,7 @@ func run(ctx context.Context, bin string) error {
 	step("the live HAProxy config haconfd wrote (%s), listen section", cfgPath)
 	printListen(cfgPath)
 
+	pidBefore, _ := os.ReadFile(pidFile)
 	step("node db2 goes away: its lease is revoked, as when its discovery unit stops")
 	if _, err := cli.Revoke(ctx, leases["db2"]); err != nil {
 		return err
@@ -152,6 +153,9 @@ func run(ctx context.Context, bin string) error {
 	printSeen(seen)
 	printListen(cfgPath)
 	fmt.Println("\n    db2 is gone from the config and gets no connections; db1 and db3 kept serving.")
+	if pidAfter, _ := os.ReadFile(pidFile); strings.TrimSpace(string(pidAfter)) == strings.TrimSpace(string(pidBefore)) {
+		fmt.Printf("    The change went through HAProxy's runtime API: the same HAProxy process (pid %s) serves, no reload.\n", strings.TrimSpace(string(pidAfter)))
+	}
 	return nil
 }
 
