@@ -247,3 +247,36 @@ func TestKillDuringApplies(t *testing.T) {
 		t.Fatalf("%d client connections failed while haconfd was being killed", failed)
 	}
 }
+
+// SIGTERM ends haconfd cleanly (exit 0) and leaves HAProxy serving the
+// last good config; a new haconfd takes over the running HAProxy without
+// starting another one.
+func TestSIGTERMLeavesHAProxyServing(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 1)
+	e.putNode("db1", bs[0])
+	var args []string
+	for _, a := range e.baseArgs() {
+		if a != "--stop-haproxy-on-exit" {
+			args = append(args, a)
+		}
+	}
+	p := e.start(append([]string{"run"}, args...)...)
+	e.eventually("serving", func(m map[string]int) bool { return m["db1"] == 12 })
+	pids := e.haproxyPIDs()
+	load := startLoad(e.front, 4)
+	p.stop()
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d on SIGTERM", code)
+	}
+	e.eventually("HAProxy serves without haconfd", func(m map[string]int) bool { return m["db1"] == 12 })
+	q := e.start(append([]string{"run"}, args...)...)
+	q.waitLog(`msg="config live"`)
+	ok, failed, _ := load.finish()
+	if failed > 0 {
+		t.Fatalf("%d of %d connections failed across haconfd's stop and restart", failed, ok+failed)
+	}
+	if after := e.haproxyPIDs(); len(after) != 1 || after[0] != pids[0] {
+		t.Fatalf("HAProxy pids %v → %v: the restarted haconfd did not take over the running HAProxy", pids, after)
+	}
+}
