@@ -27,6 +27,9 @@ var ErrInvalidOptions = errors.New("invalid render options")
 type Input struct {
 	Revision int64
 	KVs      map[string]string
+	// Writer is the single writer chosen by the previous render ("" at
+	// first): kept while it stays eligible, so the writer does not flap.
+	Writer string
 }
 
 // Template is one template text; Name (the file name) is used in errors.
@@ -80,6 +83,10 @@ type Options struct {
 	// Lookup backs lookupIP/lookupIPV4/lookupIPV6/lookupSRV; nil makes
 	// them return an error ("lookupIP disabled").
 	Lookup Lookup
+	// PickWriter chooses the single writer among the first prefix's
+	// nodes, given the previous one (Data.Writer, Output.Writer); nil
+	// means no writer ("").
+	PickWriter func(nodes []Node, current string) string
 	// FileExists backs confd's fileExists function; nil makes it return an
 	// error ("fileExists disabled").
 	FileExists func(path string) bool
@@ -97,6 +104,7 @@ type Data struct {
 	Revision int64             // etcd revision of the snapshot
 	Services []Service         // one per prefix, in Options.Prefixes order
 	Vars     map[string]string // Options.Vars
+	Writer   string            // ID of the single writer among .Nodes ("" if none is eligible)
 }
 
 // Output is the result of one Render.
@@ -104,6 +112,7 @@ type Output struct {
 	Config   []byte
 	Problems []Problem // skipped nodes of all prefixes, sorted by key
 	Services []Service // one per prefix, in Options.Prefixes order
+	Writer   string    // the single writer chosen (pass it back as Input.Writer)
 }
 
 // Renderer renders snapshots with fixed templates and options. It is safe
@@ -204,6 +213,10 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		data.Services = append(data.Services, s)
 	}
 	data.Nodes = append([]Node(nil), out.Services[0].Nodes...)
+	if r.opts.PickWriter != nil {
+		out.Writer = r.opts.PickWriter(out.Services[0].Nodes, in.Writer)
+	}
+	data.Writer = out.Writer
 
 	cfg, err := r.execute(newKVStore(in.KVs), data)
 	if err != nil {

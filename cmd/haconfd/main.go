@@ -81,7 +81,8 @@ them with a hitless reload, rolling back when a new process fails to start.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: 2, err: err}
 	})
-	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newConfd(stdout, stderr), newVersion(stdout))
+	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newConfd(stdout, stderr),
+		newRegister(stdout, stderr), newCheck(stdout, stderr), newVersion(stdout))
 	return root
 }
 

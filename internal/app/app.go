@@ -99,6 +99,7 @@ type App struct {
 	problems  map[string]bool     // last logged node problems, to log each once
 	held      []byte              // the render a guard holds back
 	heldSince time.Time
+	writer    string // single writer of the live config, kept while it stays Synced
 }
 
 // New returns a loop joining src, r and a.
@@ -285,7 +286,7 @@ func (e *HoldError) Is(target error) bool { return target == ErrHeld }
 func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 	start := time.Now()
 	a.update(func(st *Status) { st.LastAttempt = start })
-	out, err := a.rend.Render(render.Input{Revision: s.Revision, KVs: s.Map()})
+	out, err := a.rend.Render(render.Input{Revision: s.Revision, KVs: s.Map(), Writer: a.writer})
 	if m := a.opts.Metrics; m != nil {
 		m.RenderDuration.Observe(time.Since(start).Seconds())
 	}
@@ -354,6 +355,10 @@ func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 func (a *App) commit(rev int64, out render.Output, method string) {
 	a.last = out.Config
 	a.lastNodes = nodeIDs(out.Services)
+	if out.Writer != a.writer {
+		a.log.Info("single writer", "rev", rev, "writer", out.Writer, "previous", a.writer)
+		a.writer = out.Writer
+	}
 	a.release()
 	a.count("ok", method)
 	servers := 0

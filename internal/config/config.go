@@ -48,11 +48,13 @@ type Config struct {
 	Confdir         string        `mapstructure:"confdir"`
 
 	// rendering
-	Template  string            `mapstructure:"template"`
-	Base      string            `mapstructure:"base"`
-	Bind      string            `mapstructure:"bind"`
-	CheckPort string            `mapstructure:"check-port"`
-	Vars      map[string]string `mapstructure:"var"`
+	Template     string            `mapstructure:"template"`
+	Base         string            `mapstructure:"base"`
+	Bind         string            `mapstructure:"bind"`
+	SingleWriter bool              `mapstructure:"single-writer"`
+	WriterBind   string            `mapstructure:"writer-bind"`
+	CheckPort    string            `mapstructure:"check-port"`
+	Vars         map[string]string `mapstructure:"var"`
 
 	// HAProxy
 	Output            string        `mapstructure:"output"`
@@ -135,6 +137,8 @@ var flagHelp = map[string]string{
 	"template":             "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
 	"base":                 "static file (global/defaults) put before the rendered sections",
 	"bind":                 "address the default template's listen section binds (template variable .Vars.bind)",
+	"single-writer":        "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
+	"writer-bind":          "default template: also render a single-writer section \"listen galera-writer\" on this address",
 	"check-port":           "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
 	"var":                  "extra template variables as key=value (template: .Vars.key), repeatable",
 	"output":               "the live HAProxy config file haconfd writes",
@@ -447,6 +451,13 @@ func (c *Config) Validate() error {
 		bad("bind", "%q is not host:port", c.Bind)
 	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		bad("bind", "%q: port must be 1-65535", c.Bind)
+	}
+	if c.WriterBind != "" {
+		if _, port, err := net.SplitHostPort(c.WriterBind); err != nil {
+			bad("writer-bind", "%q is not host:port", c.WriterBind)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			bad("writer-bind", "%q: port must be 1-65535", c.WriterBind)
+		}
 	}
 	if c.CheckPort != "none" {
 		if n, err := strconv.Atoi(c.CheckPort); err != nil || n < 1 || n > 65535 {

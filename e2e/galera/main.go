@@ -1,0 +1,940 @@
+// Command galera is haconfd's end-to-end test against a real Galera
+// cluster (`make e2e-galera`, via run.sh): three mariadbd nodes on
+// 127.0.0.11-13 (each its own datadir, socket and ports, running as the
+// mysql user), `haconfd register` and `haconfd check` per node, and
+// `haconfd run` (embedded etcd) driving HAProxy in front. A client runs SQL
+// through HAProxy on a new connection per operation while a node is
+// stopped and restarted (IST), another is desynced and resynced, and one is
+// crashed and restarted. Every answer says which node served it and that
+// node's own wsrep state at that moment.
+//
+// It fails when a query is served by a node that is not Synced later than
+// -drain-bound after the state change, when clients see errors in a step
+// where no node goes away, or when anything does not come up in time. It
+// prints a summary table.
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+const (
+	galeraLib   = "/usr/lib/galera/libgalera_smm.so"
+	mysqlPort   = 3306
+	checkPort   = 9200
+	gcommPort   = 4567
+	istPort     = 4568
+	sstPort     = 4444
+	appUser     = "app"
+	appPassword = "app-e2e"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+type flags struct {
+	haconfd    string
+	keep       bool
+	drainBound time.Duration
+	workers    int
+}
+
+func run() int {
+	var f flags
+	flag.StringVar(&f.haconfd, "haconfd", "bin/haconfd", "haconfd binary")
+	flag.BoolVar(&f.keep, "keep", false, "keep the work directory (logs, datadirs) even on success")
+	flag.DurationVar(&f.drainBound, "drain-bound", 8*time.Second, "longest a non-Synced node may still get new connections after its state changed")
+	flag.IntVar(&f.workers, "workers", 4, "concurrent clients")
+	flag.Parse()
+
+	// The driver logs broken pipes on the root pools when a node stops.
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	e := &env{f: f, began: time.Now()}
+	err := e.run(ctx)
+	e.cleanup()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "\nFAIL: %v\n", err)
+		if e.dir != "" {
+			fmt.Fprintf(os.Stderr, "logs and datadirs kept in %s\n", e.dir)
+		}
+		return 1
+	}
+	if !f.keep {
+		os.RemoveAll(e.dir)
+	}
+	fmt.Printf("\nPASS (%s in all)\n", time.Since(e.began).Round(time.Second))
+	return 0
+}
+
+// env is everything the test started.
+type env struct {
+	f       flags
+	began   time.Time
+	dir     string
+	haconfd string
+	uid     uint32
+	gid     uint32
+	nodes   []*node
+	procs   []*proc
+	front   string
+	sock    string
+	etcdURL string
+	rows    []summaryRow
+}
+
+type node struct {
+	n    int
+	name string
+	ip   string
+	dir  string
+	cnf  string
+	sock string
+	db   *sql.DB // root over the unix socket
+	proc *proc
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+type summaryRow struct{ what, value string }
+
+func (e *env) note(what, format string, a ...any) {
+	v := fmt.Sprintf(format, a...)
+	e.rows = append(e.rows, summaryRow{what, v})
+	fmt.Printf("  %-48s %s\n", what, v)
+}
+
+func logf(format string, a ...any) {
+	fmt.Printf("%s %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, a...))
+}
+
+func (e *env) run(ctx context.Context) error {
+	if err := e.prepare(); err != nil {
+		return err
+	}
+	if err := e.startHaconfd(); err != nil {
+		return err
+	}
+	clusterStart := time.Now()
+	if err := e.startNode(ctx, e.nodes[0], true); err != nil {
+		return err
+	}
+	if err := e.waitState(ctx, e.nodes[0], "Synced", 90*time.Second); err != nil {
+		return err
+	}
+	if err := e.createSchema(ctx); err != nil {
+		return err
+	}
+	for _, n := range e.nodes {
+		e.startSidecars(n)
+	}
+	for _, n := range e.nodes[1:] {
+		if err := e.startNode(ctx, n, false); err != nil {
+			return err
+		}
+		// One joiner at a time: the donor of a full SST is Donor/Desynced.
+		if err := e.waitState(ctx, n, "Synced", 120*time.Second); err != nil {
+			return err
+		}
+	}
+	e.note("cluster of 3 Synced (bootstrap + 2 SST joins)", "%s", time.Since(clusterStart).Round(100*time.Millisecond))
+	lbStart := time.Now()
+	if err := e.waitUp(ctx, 3, 60*time.Second); err != nil {
+		return err
+	}
+	e.note("HAProxy: 3 servers UP after the cluster", "%s", time.Since(lbStart).Round(100*time.Millisecond))
+
+	cl, err := newClient(e.front, e.f.workers)
+	if err != nil {
+		return err
+	}
+	defer cl.close()
+	cl.start(ctx)
+	mon := e.monitor(ctx)
+
+	n1, n2, n3 := e.nodes[0], e.nodes[1], e.nodes[2]
+	steps := []step{
+		{name: "baseline", errorsOK: false, do: func() error { return pause(ctx, 3*time.Second) }},
+		{name: "stop node2 (clean shutdown)", errorsOK: true, do: func() error {
+			if err := e.stopNode(n2, syscall.SIGTERM); err != nil {
+				return err
+			}
+			return pause(ctx, 3*time.Second)
+		}},
+		{name: "restart node2 (IST)", errorsOK: false, do: func() error {
+			t0 := time.Now()
+			if err := e.startNode(ctx, n2, false); err != nil {
+				return err
+			}
+			if err := e.waitState(ctx, n2, "Synced", 90*time.Second); err != nil {
+				return err
+			}
+			e.note("node2 rejoined by IST (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			if err := e.waitUp(ctx, 3, 30*time.Second); err != nil {
+				return err
+			}
+			e.note("node2 back in rotation (start to UP)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			return pause(ctx, 2*time.Second)
+		}},
+		{name: "desync node3 (wsrep_desync=ON)", errorsOK: false, do: func() error {
+			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=ON"); err != nil {
+				return fmt.Errorf("desync node3: %w", err)
+			}
+			if err := e.waitState(ctx, n3, "Donor/Desynced", 30*time.Second); err != nil {
+				return err
+			}
+			return pause(ctx, e.f.drainBound+2*time.Second)
+		}},
+		{name: "resync node3 (wsrep_desync=OFF)", errorsOK: false, do: func() error {
+			t0 := time.Now()
+			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=OFF"); err != nil {
+				return fmt.Errorf("resync node3: %w", err)
+			}
+			if err := e.waitState(ctx, n3, "Synced", 30*time.Second); err != nil {
+				return err
+			}
+			if err := cl.waitServed(ctx, n3.name, t0, 30*time.Second); err != nil {
+				return err
+			}
+			e.note("node3 serving again after resync", "%s", time.Since(t0).Round(100*time.Millisecond))
+			return pause(ctx, 2*time.Second)
+		}},
+		{name: "crash node1 (SIGKILL)", errorsOK: true, do: func() error {
+			if err := e.stopNode(n1, syscall.SIGKILL); err != nil {
+				return err
+			}
+			return pause(ctx, 10*time.Second)
+		}},
+		{name: "restart node1 (IST)", errorsOK: false, do: func() error {
+			t0 := time.Now()
+			if err := e.startNode(ctx, n1, false); err != nil {
+				return err
+			}
+			if err := e.waitState(ctx, n1, "Synced", 90*time.Second); err != nil {
+				return err
+			}
+			e.note("node1 rejoined after crash (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			if err := e.waitUp(ctx, 3, 30*time.Second); err != nil {
+				return err
+			}
+			return pause(ctx, 2*time.Second)
+		}},
+	}
+	var failures []error
+	for i := range steps {
+		s := &steps[i]
+		logf("STEP %s", s.name)
+		s.from = time.Now()
+		if err := s.do(); err != nil {
+			return fmt.Errorf("step %q: %w", s.name, err)
+		}
+		s.to = time.Now()
+	}
+	cl.stop()
+	mon.stop()
+	if err := cl.dump(filepath.Join(e.dir, "records.csv")); err != nil {
+		logf("%v", err)
+	}
+	failures = append(failures, e.judge(cl, mon, steps)...)
+	e.printSummary()
+	return errors.Join(failures...)
+}
+
+type step struct {
+	name     string
+	errorsOK bool // a node goes away in this step: client errors are counted, not failed
+	do       func() error
+	from, to time.Time
+}
+
+// judge checks the client's record against the steps.
+func (e *env) judge(cl *client, mon *monitor, steps []step) []error {
+	var fails []error
+	recs := cl.records()
+	total, errs := 0, 0
+	nonSynced := 0
+	for _, r := range recs {
+		total++
+		if r.err != "" {
+			errs++
+		}
+	}
+	fmt.Printf("\n%-34s %8s %7s %s\n", "step", "queries", "errors", "served by (node: count)")
+	for _, s := range steps {
+		q, ec := 0, 0
+		by := map[string]int{}
+		var firstErr string
+		for _, r := range recs {
+			at := r.at
+			if r.err != "" {
+				at = r.end
+			}
+			if at.Before(s.from) || !at.Before(s.to) {
+				continue
+			}
+			q++
+			if r.err != "" {
+				ec++
+				if firstErr == "" {
+					firstErr = r.err
+				}
+				continue
+			}
+			by[r.node]++
+		}
+		fmt.Printf("%-34s %8d %7d %s\n", s.name, q, ec, fmtCounts(by))
+		if ec > 0 {
+			fmt.Printf("%-34s first error: %s\n", "", firstErr)
+			e.note("client errors: "+s.name, "%d of %d", ec, q)
+		}
+		if ec > 0 {
+			for _, r := range recs {
+				if r.err != "" && !r.end.Before(s.from) && r.end.Before(s.to) {
+					fmt.Printf("%-34s error at %s (began %s): %s\n", "", r.end.Format("15:04:05.000"), r.at.Format("15:04:05.000"), r.err)
+				}
+			}
+		}
+		if ec > 0 && !s.errorsOK {
+			fails = append(fails, fmt.Errorf("step %q: %d client errors where no node went away (first: %s)", s.name, ec, firstErr))
+		}
+		if q == 0 {
+			fails = append(fails, fmt.Errorf("step %q: no queries ran", s.name))
+		}
+	}
+	// Every answer by a node that said it was not Synced must come within
+	// -drain-bound of that node leaving Synced (as the state monitor, which
+	// polls every node every 50ms, saw it): the time HAProxy needs to hear
+	// of it. Episodes include the ones Galera makes by itself (an IST donor
+	// is Donor/Desynced for a moment).
+	type episode struct {
+		node       string
+		state      string
+		left, last time.Time
+		served     int
+	}
+	var eps []*episode
+	open := map[string]*episode{}        // node → its episode while it answers non-Synced
+	lastSynced := map[string]time.Time{} // node → its last Synced answer
+	for _, r := range recs {
+		if r.err != "" {
+			continue
+		}
+		if r.state == "Synced" {
+			delete(open, r.node)
+			lastSynced[r.node] = r.at
+			continue
+		}
+		ep := open[r.node]
+		if ep == nil {
+			left, ok := mon.leftSynced(r.node, lastSynced[r.node], r.at)
+			if !ok {
+				left = r.at // the monitor missed it: count from this answer
+			}
+			ep = &episode{node: r.node, state: r.state, left: left}
+			open[r.node] = ep
+			eps = append(eps, ep)
+		}
+		ep.served++
+		ep.last = r.at
+	}
+	var worst time.Duration
+	for _, ep := range eps {
+		d := ep.last.Sub(ep.left)
+		worst = max(worst, d)
+		e.note(fmt.Sprintf("drain: %s %s at %s", ep.node, ep.state, ep.left.Format("15:04:05.000")),
+			"last new query %s later (%d served meanwhile)", d.Round(10*time.Millisecond), ep.served)
+		if d > e.f.drainBound {
+			nonSynced += ep.served
+			fails = append(fails, fmt.Errorf("%s (%s) still got new connections %s after leaving Synced (bound %s)", ep.node, ep.state, d.Round(time.Millisecond), e.f.drainBound))
+		}
+	}
+	e.note("time to drain a non-Synced node (worst)", "%s", worst.Round(10*time.Millisecond))
+	e.note("queries through HAProxy (errors)", "%d (%d)", total, errs)
+	e.note("served by a non-Synced node past the drain bound", "%d", nonSynced)
+	return fails
+}
+
+func fmtCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s: %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (e *env) printSummary() {
+	fmt.Printf("\nSUMMARY\n")
+	for _, r := range e.rows {
+		fmt.Printf("  %-52s %s\n", r.what, r.value)
+	}
+	fmt.Printf("  %-52s %s\n", "e2e wall time", time.Since(e.began).Round(time.Second))
+}
+
+func pause(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// prepare checks the tools, makes the work directory and the node dirs.
+func (e *env) prepare() error {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root (mariadbd is started as the mysql user)")
+	}
+	for _, bin := range []string{"mariadbd", "mariadb-install-db", "rsync", "haproxy"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if _, err2 := os.Stat("/usr/sbin/" + bin); err2 != nil {
+				return fmt.Errorf("%s not found: apt-get install mariadb-server galera-4 rsync haproxy (run.sh does)", bin)
+			}
+		}
+	}
+	if _, err := os.Stat(galeraLib); err != nil {
+		return fmt.Errorf("%s: %w (apt-get install galera-4)", galeraLib, err)
+	}
+	abs, err := filepath.Abs(e.f.haconfd)
+	if err != nil {
+		return err
+	}
+	e.haconfd = abs
+	if out, err := exec.Command(abs, "register", "--help").CombinedOutput(); err != nil {
+		return fmt.Errorf("%s register --help: %v: %s", abs, err, firstLine(string(out)))
+	}
+	u, err := user.Lookup("mysql")
+	if err != nil {
+		return fmt.Errorf("user mysql: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	e.uid, e.gid = uint32(uid), uint32(gid)
+
+	if e.dir, err = os.MkdirTemp("", "hcgalera"); err != nil {
+		return err
+	}
+	if err := os.Chmod(e.dir, 0o755); err != nil {
+		return err
+	}
+	fmt.Printf("work directory %s\n", e.dir)
+	if e.front, err = freeAddr("127.0.0.1"); err != nil {
+		return err
+	}
+	etcdAddr, err := freeAddr("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	e.etcdURL = "http://" + etcdAddr
+	e.sock = filepath.Join(e.dir, "admin.sock")
+	var addrs []string
+	for i := 1; i <= 3; i++ {
+		ip := fmt.Sprintf("127.0.0.%d", 10+i)
+		for _, p := range []int{mysqlPort, checkPort, gcommPort, istPort, sstPort} {
+			addr := net.JoinHostPort(ip, strconv.Itoa(p))
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("%s is not free: %w", addr, err)
+			}
+			l.Close()
+		}
+		addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(gcommPort)))
+	}
+	for i := 1; i <= 3; i++ {
+		n := &node{n: i, name: fmt.Sprintf("node%d", i), ip: fmt.Sprintf("127.0.0.%d", 10+i)}
+		n.dir = filepath.Join(e.dir, n.name)
+		n.sock = filepath.Join(n.dir, "mysqld.sock")
+		n.cnf = filepath.Join(n.dir, "my.cnf")
+		if err := os.MkdirAll(filepath.Join(n.dir, "data"), 0o755); err != nil {
+			return err
+		}
+		cnf := fmt.Sprintf(`[mysqld]
+user=mysql
+datadir=%[1]s/data
+socket=%[2]s
+pid-file=%[1]s/mysqld.pid
+log-error=%[1]s/error.log
+bind-address=%[3]s
+port=%[4]d
+skip-name-resolve
+performance_schema=OFF
+innodb_buffer_pool_size=32M
+innodb_log_file_size=32M
+innodb_flush_log_at_trx_commit=0
+binlog_format=ROW
+default_storage_engine=InnoDB
+innodb_autoinc_lock_mode=2
+max_connections=500
+wsrep_on=ON
+wsrep_provider=%[5]s
+wsrep_cluster_name=haconfd-e2e
+wsrep_cluster_address=gcomm://%[6]s
+wsrep_node_name=%[7]s
+wsrep_node_address=%[3]s
+wsrep_sst_method=rsync
+wsrep_sst_receive_address=%[3]s:%[8]d
+wsrep_provider_options="gmcast.listen_addr=tcp://%[3]s:%[9]d;ist.recv_addr=%[3]s:%[10]d;gcache.size=64M"
+`, n.dir, n.sock, n.ip, mysqlPort, galeraLib, strings.Join(addrs, ","), n.name, sstPort, gcommPort, istPort)
+		if err := os.WriteFile(n.cnf, []byte(cnf), 0o644); err != nil {
+			return err
+		}
+		out, err := exec.Command("mariadb-install-db", "--defaults-file="+n.cnf, "--user=mysql",
+			"--auth-root-authentication-method=normal", "--skip-test-db").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("mariadb-install-db for %s: %v\n%s", n.name, err, out)
+		}
+		if err := chownR(n.dir, int(e.uid), int(e.gid)); err != nil {
+			return err
+		}
+		db, err := sql.Open("mysql", fmt.Sprintf("root@unix(%s)/?timeout=2s&readTimeout=5s&writeTimeout=5s", n.sock))
+		if err != nil {
+			return err
+		}
+		db.SetMaxOpenConns(2)
+		n.db = db
+		e.nodes = append(e.nodes, n)
+	}
+	return nil
+}
+
+func chownR(dir string, uid, gid int) error {
+	return filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return s
+}
+
+func freeAddr(ip string) (string, error) {
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// start runs a process with its output in <dir>/<name>.log.
+func (e *env) start(name string, cred *syscall.Credential, bin string, args ...string) (*proc, error) {
+	logPath := filepath.Join(e.dir, name+".log")
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); out.Close(); close(p.done) }()
+	e.procs = append(e.procs, p)
+	return p, nil
+}
+
+// signal sends sig and waits up to d for the process to exit; then kills
+// its whole process group.
+func (p *proc) signal(sig syscall.Signal, d time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+func (e *env) cleanup() {
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		e.procs[i].signal(syscall.SIGTERM, 30*time.Second)
+	}
+	for _, n := range e.nodes {
+		if n.db != nil {
+			n.db.Close()
+		}
+	}
+	// A HAProxy left by haconfd (it stops it on exit; this is a backstop).
+	if b, err := os.ReadFile(filepath.Join(e.dir, "haproxy.pid")); err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+func (e *env) startHaconfd() error {
+	_, err := e.start("haconfd-run", nil, e.haconfd, "run",
+		"--embedded-etcd", filepath.Join(e.dir, "etcd"), "--embedded-etcd-url", e.etcdURL,
+		"--output", filepath.Join(e.dir, "haproxy.cfg"), "--pidfile", filepath.Join(e.dir, "haproxy.pid"),
+		"--runtime-socket", e.sock, "--bind", e.front, "--check-port", strconv.Itoa(checkPort),
+		"--wait", "50ms:500ms", "--stop-haproxy-on-exit", "--log-level", "debug")
+	return err
+}
+
+func (e *env) startSidecars(n *node) {
+	dsn := fmt.Sprintf("root@unix(%s)/", n.sock)
+	_, err := e.start(n.name+"-register", nil, e.haconfd, "register",
+		"--etcd-endpoints", e.etcdURL, "--id", n.name, "--ip", n.ip, "--port", strconv.Itoa(mysqlPort),
+		"--host", n.name, "--service-instance-name", "galera@"+strconv.Itoa(n.n),
+		"--mysql-dsn", dsn, "--log-level", "debug")
+	if err != nil {
+		logf("%v", err)
+	}
+	_, err = e.start(n.name+"-check", nil, e.haconfd, "check",
+		"--listen", net.JoinHostPort(n.ip, strconv.Itoa(checkPort)), "--mysql-dsn", dsn)
+	if err != nil {
+		logf("%v", err)
+	}
+}
+
+func (e *env) startNode(ctx context.Context, n *node, bootstrap bool) error {
+	args := []string{"--defaults-file=" + n.cnf}
+	if bootstrap {
+		args = append(args, "--wsrep-new-cluster")
+	}
+	mariadbd := "/usr/sbin/mariadbd"
+	p, err := e.start(n.name+"-mariadbd", &syscall.Credential{Uid: e.uid, Gid: e.gid, Groups: []uint32{}}, mariadbd, args...)
+	if err != nil {
+		return err
+	}
+	n.proc = p
+	logf("%s: mariadbd started (pid %d)%s", n.name, p.cmd.Process.Pid, map[bool]string{true: " with --wsrep-new-cluster"}[bootstrap])
+	return nil
+}
+
+func (e *env) stopNode(n *node, sig syscall.Signal) error {
+	logf("%s: %s to mariadbd", n.name, sig)
+	n.proc.signal(sig, 60*time.Second)
+	return nil
+}
+
+// waitState polls the node (over its socket) until wsrep_local_state_comment
+// is want.
+func (e *env) waitState(ctx context.Context, n *node, want string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	last := ""
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		var name, val string
+		err := n.db.QueryRowContext(qctx, "SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'").Scan(&name, &val)
+		cancel()
+		if err == nil && val != last {
+			logf("%s: %s", n.name, val)
+			last = val
+		}
+		if err == nil && val == want {
+			return nil
+		}
+		select {
+		case <-n.proc.done:
+			return fmt.Errorf("%s: mariadbd exited while waiting for %s (see %s)", n.name, want, filepath.Join(n.dir, "error.log"))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not %s within %s (last %q, err %v; see %s)", n.name, want, d, last, err, filepath.Join(n.dir, "error.log"))
+		}
+		if err := pause(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (e *env) createSchema(ctx context.Context) error {
+	for _, q := range []string{
+		fmt.Sprintf("CREATE USER IF NOT EXISTS '%s'@'%%' IDENTIFIED BY '%s'", appUser, appPassword),
+		fmt.Sprintf("GRANT ALL ON e2e.* TO '%s'@'%%'", appUser),
+		fmt.Sprintf("GRANT PROCESS ON *.* TO '%s'@'%%'", appUser),
+		"CREATE DATABASE IF NOT EXISTS e2e",
+		"CREATE TABLE IF NOT EXISTS e2e.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, worker INT, seq INT, node VARCHAR(16), at TIMESTAMP(6) DEFAULT CURRENT_TIMESTAMP(6))",
+	} {
+		if _, err := e.nodes[0].db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("node1: %s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// waitUp waits until HAProxy's galera backend has want servers UP.
+func (e *env) waitUp(ctx context.Context, want int, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	last := ""
+	for {
+		up, desc, err := e.serversUp()
+		if err == nil && desc != last {
+			logf("haproxy: %s", desc)
+			last = desc
+		}
+		if err == nil && up == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("haproxy: %d servers UP within %s, want %d (last %q, err %v; see %s)", up, d, want, last, err, filepath.Join(e.dir, "haconfd-run.log"))
+		}
+		if err := pause(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// serversUp reads "show stat" from HAProxy's runtime socket.
+func (e *env) serversUp() (int, string, error) {
+	c, err := net.DialTimeout("unix", e.sock, time.Second)
+	if err != nil {
+		return 0, "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "show stat\n"); err != nil {
+		return 0, "", err
+	}
+	up := 0
+	var parts []string
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), ",")
+		if len(f) < 18 || strings.HasPrefix(f[0], "#") || f[1] == "FRONTEND" || f[1] == "BACKEND" {
+			continue
+		}
+		parts = append(parts, f[1]+"="+f[17])
+		if f[17] == "UP" {
+			up++
+		}
+	}
+	sort.Strings(parts)
+	return up, strings.Join(parts, " "), sc.Err()
+}
+
+// record is one client operation through HAProxy.
+type record struct {
+	at    time.Time // when the operation began (connect)
+	end   time.Time // when it ended: errors count in the step they happen in
+	node  string    // @@wsrep_node_name of the server that answered
+	state string    // its wsrep_local_state_comment at that moment
+	err   string
+}
+
+type client struct {
+	db      *sql.DB
+	workers int
+	mu      sync.Mutex
+	recs    []record
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func newClient(front string, workers int) (*client, error) {
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Passwd, cfg.Net, cfg.Addr, cfg.DBName = appUser, appPassword, "tcp", front, "e2e"
+	cfg.Timeout, cfg.ReadTimeout, cfg.WriteTimeout = 5*time.Second, 15*time.Second, 15*time.Second
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(conn)
+	// A new connection per operation, so that every operation is routed
+	// by HAProxy anew.
+	db.SetMaxIdleConns(-1)
+	return &client{db: db, workers: workers}, nil
+}
+
+func (c *client) start(ctx context.Context) {
+	ctx, c.cancel = context.WithCancel(ctx)
+	for w := range c.workers {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			for seq := 0; ctx.Err() == nil; seq++ {
+				r := c.op(ctx, w, seq)
+				r.end = time.Now()
+				if ctx.Err() != nil {
+					return
+				}
+				c.mu.Lock()
+				c.recs = append(c.recs, r)
+				c.mu.Unlock()
+				_ = pause(ctx, 10*time.Millisecond)
+			}
+		}()
+	}
+}
+
+func (c *client) op(ctx context.Context, worker, seq int) record {
+	r := record{at: time.Now()}
+	octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	conn, err := c.db.Conn(octx)
+	if err != nil {
+		r.err = oneLine(err)
+		return r
+	}
+	defer conn.Close()
+	err = conn.QueryRowContext(octx, "SELECT @@wsrep_node_name, VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_LOCAL_STATE_COMMENT'").Scan(&r.node, &r.state)
+	if err != nil {
+		r.err = oneLine(err)
+		return r
+	}
+	if _, err := conn.ExecContext(octx, "INSERT INTO t (worker, seq, node) VALUES (?, ?, ?)", worker, seq, r.node); err != nil {
+		r.err = oneLine(err)
+	}
+	return r
+}
+
+func oneLine(err error) string { return firstLine(err.Error()) }
+
+// waitServed waits until a query made after since is served by node.
+func (c *client) waitServed(ctx context.Context, node string, since time.Time, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		c.mu.Lock()
+		for i := len(c.recs) - 1; i >= 0 && c.recs[i].at.After(since); i-- {
+			if c.recs[i].node == node && c.recs[i].err == "" {
+				c.mu.Unlock()
+				return nil
+			}
+		}
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no query served by %s within %s", node, d)
+		}
+		if err := pause(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *client) stop() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+}
+
+func (c *client) close() {
+	c.stop()
+	c.db.Close()
+}
+
+func (c *client) records() []record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := append([]record(nil), c.recs...)
+	sort.Slice(out, func(i, j int) bool { return out[i].at.Before(out[j].at) })
+	return out
+}
+
+// monitor polls every node's wsrep_local_state_comment over its socket
+// and keeps the transitions.
+type monitor struct {
+	mu     sync.Mutex
+	trans  map[string][]transition
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type transition struct {
+	at    time.Time
+	state string
+}
+
+func (e *env) monitor(ctx context.Context) *monitor {
+	m := &monitor{trans: map[string][]transition{}}
+	ctx, m.cancel = context.WithCancel(ctx)
+	for _, n := range e.nodes {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			last := ""
+			for ctx.Err() == nil {
+				at := time.Now()
+				qctx, cancel := context.WithTimeout(ctx, time.Second)
+				var name, val string
+				err := n.db.QueryRowContext(qctx, "SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'").Scan(&name, &val)
+				cancel()
+				if err != nil {
+					val = "(down)"
+				}
+				if val != last {
+					m.mu.Lock()
+					m.trans[n.name] = append(m.trans[n.name], transition{at, val})
+					m.mu.Unlock()
+					last = val
+				}
+				_ = pause(ctx, 50*time.Millisecond)
+			}
+		}()
+	}
+	return m
+}
+
+func (m *monitor) stop() { m.cancel(); m.wg.Wait() }
+
+// leftSynced is the first time the monitor saw node in a state other than
+// Synced in (after, before], allowing for its polling lag.
+func (m *monitor) leftSynced(node string, after, before time.Time) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, tr := range m.trans[node] {
+		if tr.at.After(after) && !tr.at.After(before.Add(100*time.Millisecond)) && tr.state != "Synced" {
+			if tr.at.After(before) {
+				return before, true
+			}
+			return tr.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// dump writes every record as CSV.
+func (c *client) dump(path string) error {
+	var b strings.Builder
+	b.WriteString("at,node,state,error\n")
+	for _, r := range c.records() {
+		fmt.Fprintf(&b, "%s,%s,%s,%q\n", r.at.Format("15:04:05.000000"), r.node, r.state, r.err)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}

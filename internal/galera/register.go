@@ -1,0 +1,528 @@
+package galera
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/haconfd/haconfd/render"
+)
+
+// Registrar defaults.
+const (
+	DefaultPrefix       = "/components/galera"
+	DefaultTTL          = 10 * time.Second
+	DefaultStatePoll    = 500 * time.Millisecond
+	DefaultStopTimeout  = 5 * time.Second
+	defaultOpTimeout    = 5 * time.Second
+	maxRegisterBackoff  = 5 * time.Second
+	firstRegisterBackof = 100 * time.Millisecond
+)
+
+// Layout is how a registration is written under the prefix.
+type Layout string
+
+// Layouts.
+const (
+	// LayoutDir is the original fleet discovery unit's layout: one key per
+	// field, <prefix>/<id>/ip, /port, /host, /service_instance_name, plus
+	// /wsrep_local_state_comment and /wsrep_local_index with a MySQL DSN.
+	LayoutDir Layout = "dir"
+	// LayoutJSON is one key, <prefix>/<id>, holding a JSON object
+	// {"ip","port","host","service_instance_name","state","index"}.
+	LayoutJSON Layout = "json"
+)
+
+// ParseLayout accepts "dir" and "json".
+func ParseLayout(s string) (Layout, error) {
+	switch Layout(s) {
+	case LayoutDir, LayoutJSON:
+		return Layout(s), nil
+	}
+	return "", fmt.Errorf("layout %q: %w: want dir or json", s, ErrInvalidOptions)
+}
+
+// ErrInvalidOptions is wrapped by New's errors for bad Options.
+var ErrInvalidOptions = errors.New("invalid registration")
+
+// ErrLeaseLost is wrapped by the reason a registration had to be made
+// again: the lease expired or was revoked.
+var ErrLeaseLost = errors.New("lease lost")
+
+// Options configure a Registrar.
+type Options struct {
+	Prefix              string        // default DefaultPrefix
+	ID                  string        // node id below the prefix (required; the command defaults it to the host name)
+	IP                  string        // IP literal or host name (required)
+	Port                int           // default 3306
+	Host                string        // optional host name
+	ServiceInstanceName string        // optional token
+	Layout              Layout        // default LayoutDir
+	TTL                 time.Duration // lease TTL, whole seconds, default DefaultTTL
+	// Status, when set, is polled every StatePoll and the node's Galera
+	// state and index are published with the registration (on the same
+	// lease), each time they change. While it fails, the state published
+	// is StateUnreachable.
+	Status       StatusReader
+	StatePoll    time.Duration // default DefaultStatePoll
+	QueryTimeout time.Duration // bounds one status read, default DefaultCheckTimeout
+	StopTimeout  time.Duration // bounds the clean-up when Run's context ends, default DefaultStopTimeout
+	Logger       *slog.Logger  // nil discards
+}
+
+// nodeState is what the registrar publishes about Galera.
+type nodeState struct {
+	state string // "" when no Status reader
+	index int    // -1 when unknown
+}
+
+// Registrar keeps one node registered in etcd: every key on one lease, kept
+// alive; registered again (new lease) when the lease is lost (expired
+// during an etcd outage, revoked, etcd restored without it) and its keys
+// restored when someone deletes them (the original fleet unit's stop
+// command removed the whole prefix). When Run's context ends it deletes
+// exactly its own keys, and only while they still carry its lease, then
+// revokes the lease.
+type Registrar struct {
+	cli    *clientv3.Client
+	opts   Options
+	base   string // <prefix>/<id>
+	logger *slog.Logger
+
+	// owned by Run's goroutine
+	state nodeState
+	lease clientv3.LeaseID
+	kvs   map[string]string // what was last written
+}
+
+// New validates opts (the registration must be one that haconfd's renderer
+// accepts) and returns a Registrar.
+func New(cli *clientv3.Client, opts Options) (*Registrar, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.Port == 0 {
+		opts.Port = render.DefaultPort
+	}
+	if opts.Layout == "" {
+		opts.Layout = LayoutDir
+	}
+	if opts.TTL == 0 {
+		opts.TTL = DefaultTTL
+	}
+	if opts.StatePoll == 0 {
+		opts.StatePoll = DefaultStatePoll
+	}
+	if opts.QueryTimeout == 0 {
+		opts.QueryTimeout = DefaultCheckTimeout
+	}
+	if opts.StopTimeout == 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, a...)))
+	}
+	if !strings.HasPrefix(opts.Prefix, "/") || strings.ContainsAny(opts.Prefix, " \t\r\n") {
+		bad("prefix %q: must start with / and contain no whitespace", opts.Prefix)
+	}
+	opts.Prefix = strings.TrimRight(opts.Prefix, "/")
+	if opts.Prefix == "" {
+		bad("prefix: must not be /")
+	}
+	if opts.ID == "" {
+		bad("id: required")
+	} else if strings.Contains(opts.ID, "/") {
+		bad("id %q: must not contain /", opts.ID)
+	}
+	if opts.IP == "" {
+		bad("ip: required")
+	}
+	if opts.Port < 1 || opts.Port > 65535 {
+		bad("port %d: not 1-65535", opts.Port)
+	}
+	if _, err := ParseLayout(string(opts.Layout)); err != nil {
+		errs = append(errs, err)
+	}
+	if opts.TTL < time.Second || opts.TTL%time.Second != 0 {
+		bad("ttl %s: must be whole seconds, at least 1s", opts.TTL)
+	}
+	if opts.StatePoll < 10*time.Millisecond {
+		bad("state poll %s: must be at least 10ms", opts.StatePoll)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	r := &Registrar{
+		cli:    cli,
+		opts:   opts,
+		base:   opts.Prefix + "/" + opts.ID,
+		logger: opts.Logger,
+		state:  nodeState{index: -1},
+	}
+	if opts.Status != nil {
+		r.state.state = "Synced" // only to validate the full key set
+		r.state.index = 0
+	}
+	if err := r.validate(r.desired()); err != nil {
+		return nil, err
+	}
+	r.state = nodeState{index: -1}
+	return r, nil
+}
+
+// validate runs haconfd's own node parser over kvs: a registration that
+// haconfd would skip is refused here.
+func (r *Registrar) validate(kvs map[string]string) error {
+	nodes, problems := render.ParseNodes(r.opts.Prefix, kvs)
+	if len(problems) > 0 {
+		reason := problems[0].Reason
+		return fmt.Errorf("%w: %s", ErrInvalidOptions, reason)
+	}
+	if len(nodes) != 1 || nodes[0].ID != r.opts.ID {
+		return fmt.Errorf("%w: id %q is not read back as one node", ErrInvalidOptions, r.opts.ID)
+	}
+	return nil
+}
+
+// Keys returns the keys this registration writes (with the current state
+// options), sorted.
+func (r *Registrar) Keys() []string {
+	return slices.Sorted(maps.Keys(r.desired()))
+}
+
+// desired is the key set for the current state.
+func (r *Registrar) desired() map[string]string {
+	o := r.opts
+	if o.Layout == LayoutJSON {
+		v := struct {
+			IP    string `json:"ip"`
+			Port  int    `json:"port"`
+			Host  string `json:"host,omitempty"`
+			SIN   string `json:"service_instance_name,omitempty"`
+			State string `json:"state,omitempty"`
+			Index *int   `json:"index,omitempty"`
+		}{IP: o.IP, Port: o.Port, Host: o.Host, SIN: o.ServiceInstanceName, State: r.state.state}
+		if r.state.index >= 0 {
+			i := r.state.index
+			v.Index = &i
+		}
+		b, _ := json.Marshal(v) // strings and ints only: cannot fail
+		return map[string]string{r.base: string(b)}
+	}
+	kvs := map[string]string{
+		r.base + "/ip":   o.IP,
+		r.base + "/port": strconv.Itoa(o.Port),
+	}
+	if o.Host != "" {
+		kvs[r.base+"/host"] = o.Host
+	}
+	if o.ServiceInstanceName != "" {
+		kvs[r.base+"/service_instance_name"] = o.ServiceInstanceName
+	}
+	if r.state.state != "" {
+		kvs[r.base+"/wsrep_local_state_comment"] = r.state.state
+	}
+	if r.state.index >= 0 {
+		kvs[r.base+"/wsrep_local_index"] = strconv.Itoa(r.state.index)
+	}
+	return kvs
+}
+
+// Run registers the node and keeps it registered until ctx ends, then
+// removes its keys and revokes its lease (bounded by StopTimeout). It
+// returns nil after a clean removal.
+func (r *Registrar) Run(ctx context.Context) error {
+	var states chan nodeState
+	var wg sync.WaitGroup
+	if r.opts.Status != nil {
+		// Publish the state with the first registration: a node without a
+		// state counts as Synced.
+		r.state = r.readState(ctx, -1)
+		states = make(chan nodeState, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.poll(ctx, r.state, states)
+		}()
+	}
+	defer wg.Wait()
+
+	failures := 0
+	for {
+		r.takeState(states)
+		rev, err := r.register(ctx)
+		if err == nil {
+			failures = 0
+			err = r.keep(ctx, rev, states)
+		}
+		if ctx.Err() != nil {
+			return r.stop()
+		}
+		wait := time.Duration(0)
+		if failures > 0 {
+			wait = min(firstRegisterBackof<<min(failures-1, 10), maxRegisterBackoff)
+		}
+		failures++
+		r.logger.Warn("registration lost, registering again", "id", r.opts.ID, "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return r.stop()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// takeState applies a pending state update, if any.
+func (r *Registrar) takeState(states <-chan nodeState) {
+	select {
+	case s := <-states:
+		r.state = s
+	default:
+	}
+}
+
+// register grants a lease and writes every key on it in one transaction;
+// it returns the revision of that write.
+func (r *Registrar) register(ctx context.Context) (int64, error) {
+	octx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	defer cancel()
+	g, err := r.cli.Grant(octx, int64(r.opts.TTL/time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", err)
+	}
+	old := r.lease
+	r.lease = g.ID
+	r.kvs = nil
+	rev, err := r.putAll(octx)
+	if err != nil {
+		return 0, err
+	}
+	if old != 0 && old != g.ID {
+		// Best effort: the old lease, if it still exists, holds none of
+		// our keys any more; let it go now rather than at its TTL.
+		_, _ = r.cli.Revoke(octx, old)
+	}
+	r.logger.Info("registered", "id", r.opts.ID, "lease", fmt.Sprintf("%x", int64(g.ID)), "ttl", r.opts.TTL,
+		"keys", len(r.kvs), "state", r.state.state)
+	return rev, nil
+}
+
+// putAll writes every desired key on the current lease, in one
+// transaction, and removes keys it wrote before that are no longer
+// desired. It returns the revision of the write.
+func (r *Registrar) putAll(ctx context.Context) (int64, error) {
+	want := r.desired()
+	var ops []clientv3.Op
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		ops = append(ops, clientv3.OpPut(k, want[k], clientv3.WithLease(r.lease)))
+	}
+	for k := range r.kvs {
+		if _, ok := want[k]; !ok {
+			ops = append(ops, r.guardedDelete(k))
+		}
+	}
+	resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return 0, fmt.Errorf("write %s: %w", r.base, ErrLeaseLost)
+		}
+		return 0, fmt.Errorf("write %s: %w", r.base, err)
+	}
+	r.kvs = want
+	return resp.Header.Revision, nil
+}
+
+// guardedDelete deletes k only while it carries our lease.
+func (r *Registrar) guardedDelete(k string) clientv3.Op {
+	return clientv3.OpTxn(
+		[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(k), "=", r.lease)},
+		[]clientv3.Op{clientv3.OpDelete(k)}, nil)
+}
+
+// keep keeps the lease alive, republishes state changes and restores keys
+// that someone deletes, until ctx ends (nil) or the registration is lost
+// (an error).
+func (r *Registrar) keep(ctx context.Context, rev int64, states <-chan nodeState) error {
+	kctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ka, err := r.cli.KeepAlive(kctx, r.lease)
+	if err != nil {
+		return fmt.Errorf("keep lease alive: %w", err)
+	}
+	wch, stopWatch := r.watchOwn(kctx, rev)
+	defer func() { stopWatch() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-ka:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("keepalive for lease %x ended: %w", int64(r.lease), ErrLeaseLost)
+			}
+		case s := <-states:
+			if s == r.state {
+				continue
+			}
+			r.state = s
+			if err := r.write(kctx); err != nil {
+				return err
+			}
+			r.logger.Info("state published", "id", r.opts.ID, "state", s.state, "index", s.index)
+		case wr, ok := <-wch:
+			// Only deletions are undone: a put by someone else may be a
+			// second registrar with the same id, and fighting it would
+			// never end.
+			restore := !ok || wr.Err() != nil
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				if _, own := r.kvs[k]; own && ev.Type == clientv3.EventTypeDelete {
+					r.logger.Warn("own key deleted by someone else, restoring it", "key", k)
+					restore = true
+				}
+			}
+			if !restore {
+				continue
+			}
+			if kctx.Err() != nil {
+				return nil
+			}
+			// Write everything again (which also proves the lease still
+			// exists) and watch on from that revision.
+			octx, ocancel := context.WithTimeout(kctx, defaultOpTimeout)
+			rev, err := r.putAll(octx)
+			ocancel()
+			if err != nil {
+				return err
+			}
+			stopWatch()
+			wch, stopWatch = r.watchOwn(kctx, rev)
+		}
+	}
+}
+
+// write publishes the current desired keys with an operation timeout.
+func (r *Registrar) write(ctx context.Context) error {
+	octx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
+	defer cancel()
+	_, err := r.putAll(octx)
+	return err
+}
+
+// watchOwn watches this node's keys from rev+1 (no gap after our write).
+// A watch that ends (leader lost, compaction, closed) makes keep write
+// everything again and watch anew.
+func (r *Registrar) watchOwn(ctx context.Context, rev int64) (clientv3.WatchChan, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	if r.opts.Layout == LayoutJSON {
+		return r.cli.Watch(ctx, r.base, clientv3.WithRev(rev+1)), cancel
+	}
+	return r.cli.Watch(ctx, r.base+"/", clientv3.WithPrefix(), clientv3.WithRev(rev+1)), cancel
+}
+
+// stop deletes exactly the keys this registrar wrote, each only while it
+// still carries our lease (so a newer registration of the same id by
+// someone else survives), in one transaction, then revokes the lease.
+func (r *Registrar) stop() error {
+	if r.lease == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.StopTimeout)
+	defer cancel()
+	var ops []clientv3.Op
+	for _, k := range slices.Sorted(maps.Keys(r.kvs)) {
+		ops = append(ops, r.guardedDelete(k))
+	}
+	var errs []error
+	if len(ops) > 0 {
+		if _, err := r.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			errs = append(errs, fmt.Errorf("delete keys of %s: %w", r.base, err))
+		}
+	}
+	if _, err := r.cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		errs = append(errs, fmt.Errorf("revoke lease %x: %w", int64(r.lease), err))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	r.logger.Info("unregistered", "id", r.opts.ID, "keys", len(r.kvs))
+	r.lease = 0
+	return nil
+}
+
+// poll reads the node's status every StatePoll and sends the published
+// state when it changes; a pending update not yet taken is replaced.
+func (r *Registrar) poll(ctx context.Context, last nodeState, out chan nodeState) {
+	t := time.NewTicker(r.opts.StatePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := r.readState(ctx, last.index)
+		if s == last {
+			continue
+		}
+		last = s
+		select { // replace a pending update
+		case <-out:
+		default:
+		}
+		out <- s
+	}
+}
+
+// readState reads the status once and maps it to what is published. While
+// MySQL does not answer, the state is StateUnreachable and the last known
+// index is kept.
+func (r *Registrar) readState(ctx context.Context, lastIndex int) nodeState {
+	qctx, cancel := context.WithTimeout(ctx, r.opts.QueryTimeout)
+	defer cancel()
+	st, err := r.opts.Status.ReadStatus(qctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.logger.Debug("node status unreadable", "id", r.opts.ID, "err", err)
+		}
+		return nodeState{state: StateUnreachable, index: lastIndex}
+	}
+	return publishedState(st, lastIndex)
+}
+
+// publishedState is the state and index published for st: Galera's own
+// comment when haconfd's parser accepts it, else the name of the numeric
+// state.
+func publishedState(st Status, lastIndex int) nodeState {
+	s := nodeState{state: st.Comment, index: st.Index}
+	if s.index < 0 {
+		s.index = lastIndex
+	}
+	if s.state == "" || !acceptableState(s.state) {
+		s.state = stateName(st.State)
+	}
+	return s
+}
+
+// acceptableState reports whether haconfd's parser accepts s as a state.
+func acceptableState(s string) bool {
+	_, problems := render.ParseNodes("/p", map[string]string{"/p/n/ip": "127.0.0.1", "/p/n/state": s})
+	return len(problems) == 0
+}
