@@ -92,6 +92,9 @@ func TestHealthAndMetrics(t *testing.T) {
 	p := e.run()
 	addr := p.httpAddr()
 	e.eventually("serving", func(m map[string]int) bool { return m["db1"] > 0 && m["db2"] > 0 })
+	if st, err := os.Stat(e.sock); err != nil || st.Mode().Perm() != 0o660 {
+		t.Fatalf("runtime socket %s: mode %v (err %v), want 0660", e.sock, st.Mode().Perm(), err)
+	}
 	if code, body := get(t, addr, "/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
 		t.Fatalf("/healthz %d %q", code, body)
 	}
