@@ -18,6 +18,11 @@ var ErrBindInUse = errors.New("bind address already in use")
 // never answered on its socket) after forking.
 var ErrStartFailed = errors.New("haproxy failed to start")
 
+// ErrReloadHeld is returned, wrapped with the reason, when
+// Options.BeforeReload refused a start or reload (e.g. a fleet-wide
+// reload wave was stopped); the live file and HAProxy are untouched.
+var ErrReloadHeld = errors.New("reload held")
+
 // ValidationError is one [ALERT] line of `haproxy -c` output.
 type ValidationError struct {
 	File string // file named by the alert, "" when the alert names none

@@ -67,6 +67,18 @@ type Options struct {
 	// reloads it through the master CLI, confirmed with "show proc".
 	Supervise    bool
 	MasterSocket string // master CLI socket path, required with Supervise
+
+	// BeforeReload, if set, is called right before HAProxy is started or
+	// reloaded with a new configuration (action ActionStart or
+	// ActionReload, also for a runtime change that fell back to a
+	// reload), after cfg passed haproxy -c and the bind check; never for
+	// a change applied through the runtime API, nor for a rollback. It
+	// may block (e.g. to wait for its turn). An error aborts the apply
+	// with the live file untouched: Apply returns an error that wraps
+	// ErrReloadHeld and the hook's error. Otherwise done (may be nil) is
+	// called once the attempt is over (verified, or failed and rolled
+	// back) with its outcome, before Apply returns.
+	BeforeReload func(ctx context.Context, action Action, cfg []byte) (done func(ok bool, err error), err error)
 }
 
 // Modes of Options.Mode.
@@ -365,12 +377,16 @@ func (m *Manager) Apply(ctx context.Context, next []byte) (Result, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	start := time.Now()
-	res, err := m.apply(ctx, next, start)
+	var done func(ok bool, err error)
+	res, err := m.apply(ctx, next, start, &done)
 	res.Duration = time.Since(start)
+	if done != nil {
+		done(err == nil, err)
+	}
 	return res, err
 }
 
-func (m *Manager) apply(ctx context.Context, next []byte, start time.Time) (Result, error) {
+func (m *Manager) apply(ctx context.Context, next []byte, start time.Time, done *func(bool, error)) (Result, error) {
 	res := Result{Action: ActionNone}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("apply: %w", err)
@@ -441,6 +457,19 @@ func (m *Manager) apply(ctx context.Context, next []byte, start time.Time) (Resu
 	}
 	if err := ctx.Err(); err != nil {
 		return Result{Action: ActionNone, OldPIDs: st.pids}, fmt.Errorf("apply: abandoned before swap: %w", err)
+	}
+	if hook := m.opts.BeforeReload; hook != nil {
+		d, err := hook(ctx, res.Action, next)
+		if err != nil {
+			herr := fmt.Errorf("apply: %w: %w", ErrReloadHeld, err)
+			if res.Commands > 0 {
+				// The runtime API already took part of next: undo it.
+				ures, _, uerr := m.undoRuntime(context.WithoutCancel(ctx), res, live, next, st, herr)
+				return ures, uerr
+			}
+			return Result{Action: ActionNone, OldPIDs: st.pids}, herr
+		}
+		*done = d
 	}
 
 	// Keep what the runtime API did across the reload.

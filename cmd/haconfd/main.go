@@ -82,7 +82,7 @@ them with a hitless reload, rolling back when a new process fails to start.`,
 		return &exitError{code: 2, err: err}
 	})
 	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newConfd(stdout, stderr),
-		newRegister(stdout, stderr), newCheck(stdout, stderr), newVersion(stdout))
+		newRegister(stdout, stderr), newCheck(stdout, stderr), newStatus(stdout, stderr), newVersion(stdout))
 	return root
 }
 

@@ -75,6 +75,7 @@ func main() {
 		{"storm", storm},
 		{"render+plan", renderPlan},
 		{"idle", idle},
+		{"fleet", fleetBench},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "bench: %s ", s.name)

@@ -263,10 +263,11 @@ func (a *App) Run(ctx context.Context) error {
 }
 
 // retryable says whether the same render may succeed later: a start
-// that failed or a bind address that was busy may clear; a config
+// that failed, a bind address that was busy or a reload held by the fleet
+// (a stopped wave resumes when the failed instance succeeds) may clear; a config
 // HAProxy rejects or a guard hold will not until something changes.
 func retryable(err error) bool {
-	return errors.Is(err, haproxy.ErrStartFailed) || errors.Is(err, haproxy.ErrBindInUse)
+	return errors.Is(err, haproxy.ErrStartFailed) || errors.Is(err, haproxy.ErrBindInUse) || errors.Is(err, haproxy.ErrReloadHeld)
 }
 
 // HoldError is returned when a guard holds a render back; Remaining is

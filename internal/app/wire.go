@@ -102,7 +102,13 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 
 // NewManager builds the HAProxy manager that cfg describes.
 func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error) {
+	return newManager(cfg, logger, nil)
+}
+
+// newManager is NewManager with a hook run before each start or reload.
+func newManager(cfg config.Config, logger *slog.Logger, before func(context.Context, haproxy.Action, []byte) (func(bool, error), error)) (*haproxy.Manager, error) {
 	m, err := haproxy.New(haproxy.Options{
+		BeforeReload: before,
 		Bin:          cfg.HAProxyBin,
 		ConfigPath:   cfg.Output,
 		PIDFile:      cfg.PIDFile,
@@ -250,7 +256,12 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 	if err != nil {
 		return err
 	}
-	mgr, err := NewManager(cfg, logger)
+	fl := newFleetGlue(cfg, logger)
+	var before func(context.Context, haproxy.Action, []byte) (func(bool, error), error)
+	if fl != nil {
+		before = fl.beforeReload
+	}
+	mgr, err := newManager(cfg, logger, before)
 	if err != nil {
 		return err
 	}
@@ -259,8 +270,13 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		return err
 	}
 	defer etcd.Close()
+	if fl != nil {
+		if err := fl.attach(etcd.Client); err != nil {
+			return err
+		}
+	}
 	metrics := NewMetrics()
-	loop := New(nil, rend, mgr, Options{
+	loop := New(nil, fl.renderer(rend), fl.applier(mgr), Options{
 		WaitMin:    cfg.WaitMin,
 		WaitMax:    cfg.WaitMax,
 		MinServers: cfg.MinServers,
@@ -292,10 +308,41 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		logger.Info("serving /metrics /healthz /readyz /status", "listen", addr)
 	}
 	if !cfg.Once {
-		go watchReloads(ctx, cfg, reload, loop, logger.With("component", "reload"))
+		go watchReloads(ctx, cfg, reload, loop, fl, logger.With("component", "reload"))
+	}
+	var fleetDone chan struct{}
+	fleetCtx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFleet()
+	if fl != nil {
+		fleetDone = make(chan struct{})
+		go func() {
+			defer close(fleetDone)
+			fl.run(fleetCtx, loop)
+		}()
+		logger.Info("publishing instance status", "instance", fl.pub.Instance(), "key", cfg.StatusPrefix+"/"+fl.pub.Instance(),
+			"ttl", cfg.StatusTTL, "max_concurrent_reloads", cfg.MaxConcurrentReloads)
 	}
 	logger.Info("haconfd running", "prefixes", cfg.Prefixes, "output", cfg.Output, "wait", cfg.Wait)
+	// systemd (Type=notify): ready once the loop runs (an etcd outage at
+	// boot must not fail the unit: the last good config stays live), and
+	// watchdog pings while the loop answers.
+	wdCtx, wdStop := context.WithCancel(ctx)
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		Watchdog(wdCtx, logger.With("component", "systemd"), func() bool { _ = loop.Status(); return true })
+	}()
+	NotifyReady(logger)
 	err = loop.Run(ctx)
+	NotifyStopping(logger)
+	wdStop()
+	<-wdDone
+	// The loop is done applying: remove the status (clean stop) and
+	// revoke the lease, before etcd's client is closed.
+	stopFleet()
+	if fleetDone != nil {
+		<-fleetDone
+	}
 	if cfg.StopHAProxyOnExit && !cfg.DryRun {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
@@ -310,7 +357,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 // when a template, the base file or the config file changes, or on
 // SIGHUP. A broken template or setting is reported and the running ones
 // stay in force.
-func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop *App, logger *slog.Logger) {
+func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop *App, fl *fleetGlue, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -352,7 +399,7 @@ func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop 
 			continue
 		}
 		logger.Info("templates and settings reloaded", "why", why)
-		loop.SetRenderer(r)
+		loop.SetRenderer(fl.renderer(r))
 		running = next
 	}
 }
@@ -360,7 +407,7 @@ func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop 
 // restartOnly names the settings that changed between a and b and that
 // only a restart applies (everything but the rendering settings).
 func restartOnly(a, b config.Config) []string {
-	live := map[string]bool{"template": true, "base": true, "bind": true, "check-port": true, "var": true}
+	live := map[string]bool{"template": true, "base": true, "bind": true, "check-port": true, "var": true, "single-writer": true, "writer-bind": true}
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i := 0; i < va.NumField(); i++ {

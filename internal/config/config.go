@@ -19,6 +19,8 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/haconfd/haconfd/internal/fleet"
 )
 
 // EnvPrefix is the prefix of every environment variable haconfd reads:
@@ -82,6 +84,12 @@ type Config struct {
 	// observability
 	Listen string `mapstructure:"listen"`
 
+	// fleet: many haconfd instances on one etcd
+	Instance             string        `mapstructure:"instance"`
+	StatusPrefix         string        `mapstructure:"status-prefix"`
+	StatusTTL            time.Duration `mapstructure:"status-ttl"`
+	MaxConcurrentReloads int           `mapstructure:"max-concurrent-reloads"`
+
 	// logging
 	LogFormat string `mapstructure:"log-format"`
 	LogLevel  string `mapstructure:"log-level"`
@@ -116,53 +124,61 @@ func Defaults() Config {
 		MaxRemove:       0.5,
 		GuardHold:       time.Minute,
 		Listen:          "127.0.0.1:9480",
-		LogFormat:       "text",
-		LogLevel:        "info",
+		StatusPrefix:    "/haconfd/instances",
+		StatusTTL:       10 * time.Second,
+
+		MaxConcurrentReloads: 1,
+		LogFormat:            "text",
+		LogLevel:             "info",
 	}
 }
 
 // flagHelp documents every setting; the flag name is the mapstructure tag.
 var flagHelp = map[string]string{
-	"etcd-endpoints":       "etcd v3 client URLs, comma-separated",
-	"etcd-dial-timeout":    "how long to wait for an etcd connection before retrying",
-	"etcd-username":        "etcd user name (with --etcd-password)",
-	"etcd-password":        "etcd password (prefer HACONFD_ETCD_PASSWORD or the config file; never logged)",
-	"etcd-ca":              "CA certificate file that signed etcd's server certificate",
-	"etcd-cert":            "client certificate file for etcd TLS authentication",
-	"etcd-key":             "client key file for etcd TLS authentication",
-	"embedded-etcd":        "run an in-process single-node etcd with its data in this directory (for trying haconfd out)",
-	"embedded-etcd-url":    "client URL the embedded etcd listens on",
-	"prefix":               "etcd key prefix(es) where nodes register, comma-separated",
-	"confdir":              "run an existing confd directory (conf.d/*.toml + templates/) instead of --template; etcd settings come from haconfd's flags",
-	"template":             "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
-	"base":                 "static file (global/defaults) put before the rendered sections",
-	"bind":                 "address the default template's listen section binds (template variable .Vars.bind)",
-	"single-writer":        "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
-	"writer-bind":          "default template: also render a single-writer section \"listen galera-writer\" on this address",
-	"check-port":           "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
-	"var":                  "extra template variables as key=value (template: .Vars.key), repeatable",
-	"output":               "the live HAProxy config file haconfd writes",
-	"haproxy-bin":          "HAProxy binary",
-	"pidfile":              "HAProxy pidfile (haproxy -p)",
-	"runtime-socket":       "HAProxy stats socket (level admin, expose-fd listeners) used for hitless reloads and verification",
-	"reload-cmd":           "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
-	"apply":                "how changes reach HAProxy: auto, runtime or reload",
-	"settle":               "how long a new HAProxy process must stay alive and answering before a reload counts as done",
-	"drain-timeout":        "how long a removed server may keep its sessions before they are shut down (runtime API)",
-	"state-file":           "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
-	"supervise":            "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
-	"master-socket":        "master CLI socket for --supervise",
-	"stop-haproxy-on-exit": "stop HAProxy when haconfd exits (default: leave it serving)",
-	"wait":                 "quiescence MIN[:MAX]: apply MIN after the last change, but never later than MAX after the first",
-	"min-servers":          "never apply a config in which a section has fewer servers than this (until servers return, or --force)",
-	"max-remove":           "hold a config that removes more than this share (0-1) of a section's servers at once, until it has held for --guard-hold",
-	"guard-hold":           "how long a render removing more than --max-remove must stay the same before it is applied (0: until --force)",
-	"force":                "apply renders the guards would hold (--min-servers, --max-remove)",
-	"listen":               "address for /metrics, /healthz, /readyz and /status (empty: off)",
-	"once":                 "render and apply once, then exit (exit 1 if that failed)",
-	"dry-run":              "render and validate, print what would be applied, change nothing",
-	"log-format":           "log format: text or json",
-	"log-level":            "log level: debug, info, warn or error",
+	"etcd-endpoints":         "etcd v3 client URLs, comma-separated",
+	"etcd-dial-timeout":      "how long to wait for an etcd connection before retrying",
+	"etcd-username":          "etcd user name (with --etcd-password)",
+	"etcd-password":          "etcd password (prefer HACONFD_ETCD_PASSWORD or the config file; never logged)",
+	"etcd-ca":                "CA certificate file that signed etcd's server certificate",
+	"etcd-cert":              "client certificate file for etcd TLS authentication",
+	"etcd-key":               "client key file for etcd TLS authentication",
+	"embedded-etcd":          "run an in-process single-node etcd with its data in this directory (for trying haconfd out)",
+	"embedded-etcd-url":      "client URL the embedded etcd listens on",
+	"prefix":                 "etcd key prefix(es) where nodes register, comma-separated",
+	"confdir":                "run an existing confd directory (conf.d/*.toml + templates/) instead of --template; etcd settings come from haconfd's flags",
+	"template":               "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
+	"base":                   "static file (global/defaults) put before the rendered sections",
+	"bind":                   "address the default template's listen section binds (template variable .Vars.bind)",
+	"single-writer":          "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
+	"writer-bind":            "default template: also render a single-writer section \"listen galera-writer\" on this address",
+	"check-port":             "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
+	"var":                    "extra template variables as key=value (template: .Vars.key), repeatable",
+	"output":                 "the live HAProxy config file haconfd writes",
+	"haproxy-bin":            "HAProxy binary",
+	"pidfile":                "HAProxy pidfile (haproxy -p)",
+	"runtime-socket":         "HAProxy stats socket (level admin, expose-fd listeners) used for hitless reloads and verification",
+	"reload-cmd":             "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
+	"apply":                  "how changes reach HAProxy: auto, runtime or reload",
+	"settle":                 "how long a new HAProxy process must stay alive and answering before a reload counts as done",
+	"drain-timeout":          "how long a removed server may keep its sessions before they are shut down (runtime API)",
+	"state-file":             "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
+	"supervise":              "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
+	"master-socket":          "master CLI socket for --supervise",
+	"stop-haproxy-on-exit":   "stop HAProxy when haconfd exits (default: leave it serving)",
+	"wait":                   "quiescence MIN[:MAX]: apply MIN after the last change, but never later than MAX after the first",
+	"min-servers":            "never apply a config in which a section has fewer servers than this (until servers return, or --force)",
+	"max-remove":             "hold a config that removes more than this share (0-1) of a section's servers at once, until it has held for --guard-hold",
+	"guard-hold":             "how long a render removing more than --max-remove must stay the same before it is applied (0: until --force)",
+	"force":                  "apply renders the guards would hold (--min-servers, --max-remove)",
+	"listen":                 "address for /metrics, /healthz, /readyz and /status (empty: off)",
+	"once":                   "render and apply once, then exit (exit 1 if that failed)",
+	"dry-run":                "render and validate, print what would be applied, change nothing",
+	"instance":               "this instance's name in the fleet status (default: the host name)",
+	"status-prefix":          "etcd prefix where each instance publishes its status on a lease (<prefix>/<instance>; empty: publish nothing, no reload coordination)",
+	"status-ttl":             "lease TTL of the published status: an instance that dies is shown gone after this long (whole seconds, at least 1s)",
+	"max-concurrent-reloads": "how many instances of the fleet may reload HAProxy at once (an etcd semaphore; runtime API changes never wait); 0: no coordination",
+	"log-format":             "log format: text or json",
+	"log-level":              "log level: debug, info, warn or error",
 }
 
 // AddFlags registers one flag per setting on fs, with the defaults of
@@ -516,6 +532,27 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			bad("listen", "%q is not host:port", c.Listen)
 		}
+	}
+	if c.Instance != "" {
+		if err := fleet.CheckInstance(c.Instance); err != nil {
+			bad("instance", "%v", err)
+		}
+	}
+	if c.StatusPrefix != "" {
+		if err := fleet.CheckPrefix(c.StatusPrefix); err != nil {
+			bad("status-prefix", "%v", err)
+		}
+		for _, p := range c.Prefixes {
+			if fleet.Overlaps(c.StatusPrefix, p) {
+				bad("status-prefix", "%q overlaps the watched --prefix %q: every status update would trigger a render", c.StatusPrefix, p)
+			}
+		}
+	}
+	if c.StatusTTL < time.Second {
+		bad("status-ttl", "must be at least 1s (etcd leases count whole seconds), got %s", c.StatusTTL)
+	}
+	if c.MaxConcurrentReloads < 0 {
+		bad("max-concurrent-reloads", "must not be negative (0 turns coordination off), got %d", c.MaxConcurrentReloads)
 	}
 	if c.MinServers < 0 {
 		bad("min-servers", "must not be negative, got %d", c.MinServers)
