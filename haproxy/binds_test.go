@@ -3,9 +3,12 @@ package haproxy
 import (
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 )
 
 func TestParseBinds(t *testing.T) {
@@ -79,5 +82,29 @@ func TestCheckBinds(t *testing.T) {
 				t.Fatalf("error %v is not ErrBindInUse", err)
 			}
 		})
+	}
+}
+
+func TestSweepStages(t *testing.T) {
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "haproxy.cfg")
+	old := filepath.Join(dir, ".haconfd-stage-1")
+	fresh := filepath.Join(dir, ".haconfd-stage-2")
+	for _, p := range []string{dst, old, fresh} {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if n := sweepStages(dst, time.Minute); n != 1 {
+		t.Fatalf("swept %d files, want 1", n)
+	}
+	for p, want := range map[string]bool{dst: true, old: false, fresh: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Fatalf("%s exists=%v, want %v", p, err == nil, want)
+		}
 	}
 }

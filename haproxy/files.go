@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 const stagePattern = ".haconfd-stage-*"
@@ -96,4 +97,19 @@ func readLive(path string) (data []byte, exists bool, err error) {
 		return nil, false, fmt.Errorf("read live config: %w", err)
 	}
 	return data, true, nil
+}
+
+// sweepStages removes the stage files next to dst that are older than
+// age: left behind when haconfd was killed mid-apply (never the live
+// file, which only changes by rename). Younger ones may belong to another
+// haconfd writing next to this one and are left alone.
+func sweepStages(dst string, age time.Duration) int {
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(dst), stagePattern))
+	n := 0
+	for _, p := range matches {
+		if st, err := os.Stat(p); err == nil && time.Since(st.ModTime()) > age && os.Remove(p) == nil {
+			n++
+		}
+	}
+	return n
 }

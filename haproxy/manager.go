@@ -124,8 +124,9 @@ type Result struct {
 // Manager applies configurations to one HAProxy. It is safe for concurrent
 // use; Apply and Stop calls are serialized.
 type Manager struct {
-	opts Options
-	log  *slog.Logger
+	swept bool // stale stage files of a killed predecessor removed (first Apply)
+	opts  Options
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	lastGood []byte
@@ -376,6 +377,12 @@ func (st procState) servingPID() int {
 func (m *Manager) Apply(ctx context.Context, next []byte) (Result, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.swept {
+		m.swept = true
+		if n := sweepStages(m.opts.ConfigPath, time.Minute); n > 0 {
+			m.log.Info("removed stage files left by an earlier run", "files", n)
+		}
+	}
 	start := time.Now()
 	var done func(ok bool, err error)
 	res, err := m.apply(ctx, next, start, &done)

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -166,6 +167,7 @@ func newRender(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		diff     bool
 		plan     bool
+		timing   bool
 		format   string
 		fromFile string
 		validate bool
@@ -199,7 +201,7 @@ unified diff against the live --output file instead, and exits like diff(1):
 				return &exitError{code: 2, err: err}
 			}
 			if plan {
-				return printPlan(stdout, rev, format)
+				return printPlan(stdout, stderr, rev, format, timing)
 			}
 			if !diff {
 				_, err := stdout.Write(rev.Output.Config)
@@ -218,6 +220,8 @@ unified diff against the live --output file instead, and exits like diff(1):
 	cmd.Flags().BoolVar(&diff, "diff", false, "print a unified diff against --output; exit 0 unchanged, 1 changed, 2 error")
 	cmd.Flags().BoolVar(&plan, "plan", false, "print what applying would do: the runtime API commands, or reload and why; exit 0 nothing to do, 1 changes, 2 error")
 	cmd.Flags().StringVar(&format, "format", "text", "output of --plan: text or json")
+	cmd.Flags().BoolVar(&timing, "bench-timing", false, "print render_plan=<duration> on stderr (for make bench)")
+	_ = cmd.Flags().MarkHidden("bench-timing")
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "render from a saved snapshot (JSON) instead of etcd")
 	cmd.Flags().BoolVar(&validate, "validate", true, "validate the rendered config with haproxy -c (skipped with a warning when the binary is missing)")
 	return cmd
@@ -305,7 +309,18 @@ through the v3 API, as confd 0.16 does). "haconfd confd -h" lists the flags.`,
 }
 
 // printPlan prints what applying the rendered config would do.
-func printPlan(w io.Writer, rev app.Review, format string) error {
+func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) error {
+	t0 := time.Now()
+	var p haproxy.Plan
+	if rev.Changed {
+		var err error
+		if p, err = haproxy.PlanChange(rev.Live, rev.Output.Config); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
+		}
+	}
+	if timing {
+		fmt.Fprintf(stderr, "render_plan=%s\n", rev.RenderTime+time.Since(t0))
+	}
 	if !rev.Changed {
 		if format == "json" {
 			_, err := io.WriteString(w, "{\"changed\": false}\n")
@@ -313,10 +328,6 @@ func printPlan(w io.Writer, rev app.Review, format string) error {
 		}
 		_, err := io.WriteString(w, "nothing to do: the live config is the rendered one\n")
 		return err
-	}
-	p, err := haproxy.PlanChange(rev.Live, rev.Output.Config)
-	if err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
 	}
 	if format == "json" {
 		enc := json.NewEncoder(w)

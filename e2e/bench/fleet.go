@@ -188,7 +188,16 @@ func fleetBench() ([]string, error) {
 				return nil
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("the fleet never reached revision %d", rev)
+				lo, behind := int64(-1), 0
+				for _, in := range insts {
+					if v := field(in).Load(); v < rev {
+						behind++
+						if lo < 0 || v < lo {
+							lo = v
+						}
+					}
+				}
+				return fmt.Errorf("the fleet never reached revision %d: %d instances behind, lowest at %d", rev, behind, lo)
 			}
 			time.Sleep(time.Millisecond)
 		}

@@ -59,6 +59,7 @@ listen galera
 var (
 	bin  = flag.String("haconfd", "bin/haconfd", "haconfd binary")
 	reps = flag.Int("n", 20, "repetitions of add/remove")
+	only = flag.String("only", "", "run only these steps (comma-separated names)")
 )
 
 func main() {
@@ -78,6 +79,9 @@ func main() {
 		{"fleet", fleetBench},
 	}
 	for _, s := range steps {
+		if *only != "" && !strings.Contains(","+*only+",", ","+s.name+",") {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "bench: %s ", s.name)
 		r, err := s.f()
 		fmt.Fprintln(os.Stderr)
@@ -177,6 +181,11 @@ func start(template string, extra ...string) (*world, error) {
 		return err == nil && id == "anchor"
 	}); err != nil {
 		return w, fmt.Errorf("haconfd never brought HAProxy up:\n%s", w.logText())
+	}
+	// HAProxy serves before the start is verified and logged: wait for
+	// the log, so that later counts of starts and reloads begin at 1.
+	if err := testbed.Poll(30*time.Second, 10*time.Millisecond, func() bool { return w.count("start") >= 1 }); err != nil {
+		return w, fmt.Errorf("haconfd never logged its first start:\n%s", w.logText())
 	}
 	return w, nil
 }
@@ -364,6 +373,13 @@ func churn() ([]string, error) {
 	started := w.count("start") + w.count("reload") - startsBefore
 	if !bytes.Equal(pidsBefore, pidsAfter) && started == 0 {
 		started = 1
+	}
+	if started > 0 {
+		for _, line := range strings.Split(w.logText(), "\n") {
+			if strings.Contains(line, "falling back") || strings.Contains(line, "action=reload") || strings.Contains(line, "action=start") {
+				fmt.Fprintln(os.Stderr, "churn:", line)
+			}
+		}
 	}
 	return []string{
 		one(fmt.Sprintf("failed connections, 32 clients, %d membership changes in 10 s (%d ok)", changes, ok), "runtime", strconv.Itoa(failed), "0"),
