@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/testbed"
 )
 
@@ -245,6 +248,15 @@ func TestKillDuringApplies(t *testing.T) {
 	e.run("--wait", "0")
 	e.eventually("serving after the kills", func(m map[string]int) bool { return m["db1"] > 0 && m["error"] == 0 })
 	ok, failed, errs := load.finish()
+	// A haconfd killed between starting a new HAProxy and stopping the old
+	// one leaves both running; its successor stops the old ones.
+	var procs []int
+	if err := testbed.Poll(20*time.Second, 50*time.Millisecond, func() bool {
+		procs = haproxyProcs(e.cfgPath)
+		return len(procs) == 1
+	}); err != nil {
+		t.Fatalf("HAProxy processes left running on %s after the kills: %v", e.cfgPath, procs)
+	}
 	t.Logf("clients during 8 SIGKILLs of haconfd: %d ok, %d failed %v", ok, failed, errs)
 	if failed > 0 {
 		t.Fatalf("%d client connections failed while haconfd was being killed", failed)
@@ -282,4 +294,25 @@ func TestSIGTERMLeavesHAProxyServing(t *testing.T) {
 	if after := e.haproxyPIDs(); len(after) != 1 || after[0] != pids[0] {
 		t.Fatalf("HAProxy pids %v → %v: the restarted haconfd did not take over the running HAProxy", pids, after)
 	}
+}
+
+// haproxyProcs lists the live haproxy processes started on config.
+func haproxyProcs(config string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, en := range entries {
+		pid, err := strconv.Atoi(en.Name())
+		if err != nil || !haproxy.Alive(pid) {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + en.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if strings.Contains(filepath.Base(args[0]), "haproxy") && slices.Contains(args, config) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

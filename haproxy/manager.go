@@ -124,9 +124,10 @@ type Result struct {
 // Manager applies configurations to one HAProxy. It is safe for concurrent
 // use; Apply and Stop calls are serialized.
 type Manager struct {
-	swept bool // stale stage files of a killed predecessor removed (first Apply)
-	opts  Options
-	log   *slog.Logger
+	swept       bool // stale stage files of a killed predecessor removed (first Apply)
+	forceReload bool // processes of an unfinished handoff were adopted: reload even on same bytes
+	opts        Options
+	log         *slog.Logger
 
 	mu       sync.Mutex
 	lastGood []byte
@@ -382,6 +383,7 @@ func (m *Manager) Apply(ctx context.Context, next []byte) (Result, error) {
 		if n := sweepStages(m.opts.ConfigPath, time.Minute); n > 0 {
 			m.log.Info("removed stage files left by an earlier run", "files", n)
 		}
+		m.recoverHandoff()
 	}
 	start := time.Now()
 	var done func(ok bool, err error)
@@ -412,7 +414,7 @@ func (m *Manager) apply(ctx context.Context, next []byte, start time.Time, done 
 	m.remember(st.pids...)
 	res.OldPIDs = st.pids
 	same := liveExists && bytes.Equal(live, next)
-	if same && m.healthy(st) {
+	if same && m.healthy(st) && !m.forceReload {
 		m.lastGood = slices.Clone(next)
 		res.PID = st.servingPID()
 		return res, nil
@@ -555,6 +557,14 @@ func (m *Manager) launchAndVerify(ctx context.Context, old procState) (int, erro
 		// fork (a missing chroot, say) leaves nobody listening until a
 		// rollback restart. Both share the listening sockets meanwhile.
 	}
+	if len(old.pids) > 0 {
+		// Until handOff, old and new serve side by side: note the old pids
+		// so that a haconfd killed in between has its successor stop them.
+		if err := writeAtomic(m.handoffPath(), pidLines(old.pids)); err != nil {
+			m.log.Warn("cannot note the pids being handed over", "file", m.handoffPath(), "err", err)
+		}
+		defer func() { _ = os.Remove(m.handoffPath()) }()
+	}
 	lctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
 	defer cancel()
 	out, err := launch(lctx, m.opts.Bin, args, os.Environ())
@@ -574,7 +584,70 @@ func (m *Manager) launchAndVerify(ctx context.Context, old procState) (int, erro
 	if err := m.verify(ctx, newPID, out); err != nil {
 		return newPID, err
 	}
-	return newPID, m.handOff(ctx, newPID, old.pids, out)
+	if err := m.handOff(ctx, newPID, old.pids, out); err != nil {
+		return newPID, err
+	}
+	m.forceReload = false
+	return newPID, nil
+}
+
+func (m *Manager) handoffPath() string { return m.opts.PIDFile + ".handoff" }
+
+func pidLines(pids []int) []byte {
+	var b strings.Builder
+	for _, p := range pids {
+		b.WriteString(strconv.Itoa(p))
+		b.WriteByte('\n')
+	}
+	return []byte(b.String())
+}
+
+// recoverHandoff finishes a reload that a killed haconfd left half done:
+// the old HAProxy processes were never told to stop. If the new process
+// (in the pidfile) serves, they are soft-stopped; if it is gone too, they
+// are adopted (pidfile) and the next Apply reloads them onto the file.
+func (m *Manager) recoverHandoff() {
+	if m.opts.PIDFile == "" || m.opts.Supervise || m.opts.ReloadCmd != "" {
+		return
+	}
+	noted, err := readPIDFile(m.handoffPath())
+	if err != nil || len(noted) == 0 {
+		return
+	}
+	defer func() { _ = os.Remove(m.handoffPath()) }()
+	cur, _ := readPIDFile(m.opts.PIDFile)
+	cur = alivePIDs(cur)
+	var orphans []int
+	for _, p := range alivePIDs(noted) {
+		if !slices.Contains(cur, p) && runsConfig(p, m.opts.ConfigPath) {
+			orphans = append(orphans, p)
+		}
+	}
+	if len(orphans) == 0 {
+		return
+	}
+	m.remember(orphans...)
+	if len(cur) > 0 {
+		m.log.Warn("soft-stopping HAProxy processes left serving by an unfinished reload", "pids", orphans, "serving", cur)
+		for _, p := range orphans {
+			_ = syscall.Kill(p, syscall.SIGUSR1)
+		}
+		return
+	}
+	m.log.Warn("adopting HAProxy processes left by an unfinished reload; reloading them onto the live file", "pids", orphans)
+	if err := m.restorePIDFile(orphans); err == nil {
+		m.forceReload = true
+	}
+}
+
+// runsConfig says whether pid is a haproxy started on config.
+func runsConfig(pid int, config string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(b), "\x00")
+	return len(args) > 0 && strings.Contains(filepath.Base(args[0]), "haproxy") && slices.Contains(args, config)
 }
 
 // handOff soft-stops the old processes (SIGUSR1, what -sf sends: stop
