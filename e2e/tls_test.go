@@ -89,7 +89,9 @@ func TestEtcdAuth(t *testing.T) {
 	if err := pollLog(bad, "authentication failed"); err != nil {
 		t.Fatalf("no clear error for a wrong password:\n%s", bad.Log())
 	}
-	bad.stop()
+	if code := bad.exited(30 * time.Second); code != 2 {
+		t.Fatalf("wrong password: exit %d, want 2 (bad input)\n%s", code, bad.Log())
+	}
 	checkNoSecret(bad)
 	if e.live() != "" {
 		t.Fatalf("a config was written with a wrong password")
