@@ -251,9 +251,41 @@ type server struct {
 	ip      netip.Addr
 	port    int
 	addrErr string // why addr is not a runtime-usable IP:port ("" if it is)
-	opts    []params.ServerOption
-	optErr  string // an option the parser did not understand ("" if none)
 	line    string // normalized line
+
+	// Options are parsed on first use: only the lines that changed need
+	// them, and a 10,000-server config has few of those.
+	rest     []string // the words after the address
+	quoteErr string   // a word with a quote, '\' or '$' ("" if none)
+	parsed   bool
+	opts     []params.ServerOption
+	optErr   string // an option the parser did not understand ("" if none)
+}
+
+// options returns the parsed server options.
+func (s *server) options() []params.ServerOption {
+	s.parse()
+	return s.opts
+}
+
+// optionError names an option the parser did not understand ("" if none).
+func (s *server) optionError() string {
+	s.parse()
+	return s.optErr
+}
+
+func (s *server) parse() {
+	if s.parsed {
+		return
+	}
+	s.parsed = true
+	s.opts = params.ParseServerOptions(s.rest)
+	if got := strings.Fields(params.ServerOptionsString(s.opts)); !slices.Equal(got, s.rest) {
+		s.optErr = firstUnparsed(s.rest, got)
+	}
+	if s.quoteErr != "" {
+		s.optErr = s.quoteErr
+	}
 }
 
 func (s *section) isProxy() bool {
@@ -383,15 +415,10 @@ func stripComment(line string) string {
 }
 
 func parseServer(fields []string) *server {
-	s := &server{name: fields[1], addr: fields[2]}
-	rest := fields[3:]
-	s.opts = params.ParseServerOptions(rest)
-	if got := strings.Fields(params.ServerOptionsString(s.opts)); !slices.Equal(got, rest) {
-		s.optErr = firstUnparsed(rest, got)
-	}
+	s := &server{name: fields[1], addr: fields[2], rest: slices.Clone(fields[3:])}
 	for _, f := range fields {
 		if strings.ContainsAny(f, `"'\$`) {
-			s.optErr = f
+			s.quoteErr = f
 		}
 	}
 	ap, err := netip.ParseAddrPort(s.addr)
@@ -644,7 +671,7 @@ type effective struct {
 }
 
 func (s *section) effective(srv *server) effective {
-	e := effective{opts: mergeOptions(s.defaultServer(), srv.opts), weight: 1}
+	e := effective{opts: mergeOptions(s.defaultServer(), srv.options()), weight: 1}
 	if v, ok := optValue(e.opts, "weight"); ok {
 		if w, err := strconv.Atoi(v); err == nil {
 			e.weight = w
@@ -705,7 +732,7 @@ func diffServers(ps, ns *section) (adds, updates, removes []ServerOp, reasons []
 		if old.line == srv.line {
 			continue // default-server changes are line changes of the section
 		}
-		if otherOptions(old.opts) != otherOptions(srv.opts) {
+		if otherOptions(old.options()) != otherOptions(srv.options()) {
 			reasons = append(reasons, fmt.Sprintf("server %q options changed in %s", srv.name, where))
 			continue
 		}
@@ -758,8 +785,8 @@ func addOp(ns *section, srv *server, e effective, dynamic bool, algo string) (Se
 		return ServerOp{}, fmt.Sprintf("server %q added to %s: balance %s refuses dynamic servers (render fixed slots instead)", srv.name, where, algo)
 	case srv.addrErr != "":
 		return ServerOp{}, fmt.Sprintf("server %q added to %s: %s", srv.name, where, srv.addrErr)
-	case srv.optErr != "":
-		return ServerOp{}, fmt.Sprintf("server %q added to %s: option %q not understood for add server", srv.name, where, srv.optErr)
+	case srv.optionError() != "":
+		return ServerOp{}, fmt.Sprintf("server %q added to %s: option %q not understood for add server", srv.name, where, srv.optionError())
 	}
 	var args []params.ServerOption
 	for _, o := range e.opts {
