@@ -16,25 +16,9 @@ import (
 	"github.com/haconfd/haconfd/internal/testbed"
 )
 
-// noCheckTemplate is the galera section without health checks, so that a
-// server added at runtime takes traffic at once (with checks it waits
-// for `rise` checks, by design).
-const noCheckTemplate = `global
-    stats socket {{ .Vars.runtime_socket }} mode 660 level admin expose-fd listeners
-    server-state-file {{ .Vars.state_file }}
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    load-server-state-from-file global
-listen galera
-    bind {{ .Vars.bind }}
-    balance roundrobin
-{{- range .Nodes }}
-    server {{ .Name }} {{ .Addr }}{{ if not .Synced }} disabled{{ end }}
-{{- end }}
-{{- if exists "/lbtest/extra/bind" }}
+// noCheckTemplate is testbed.NoCheckTemplate plus a listen section that
+// /lbtest/extra/bind switches on (a structural change).
+const noCheckTemplate = testbed.NoCheckTemplate + `{{- if exists "/lbtest/extra/bind" }}
 listen extra
     bind {{ getv "/lbtest/extra/bind" }}
 {{- range .Nodes }}

@@ -36,25 +36,8 @@ import (
 
 const prefix = "/components/galera"
 
-// noCheck is the galera section without health checks: a server added
-// through the runtime API takes traffic at once (with `check` it waits
-// for its `rise` checks, by design, whatever the apply path).
-const noCheck = `global
-    stats socket {{ .Vars.runtime_socket }} mode 660 level admin expose-fd listeners
-    server-state-file {{ .Vars.state_file }}
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    load-server-state-from-file global
-listen galera
-    bind {{ .Vars.bind }}
-    balance roundrobin
-{{- range .Nodes }}
-    server {{ .Name }} {{ .Addr }}{{ if not .Synced }} disabled{{ end }}
-{{- end }}
-`
+// noCheck: see testbed.NoCheckTemplate.
+const noCheck = testbed.NoCheckTemplate
 
 var (
 	bin  = flag.String("haconfd", "bin/haconfd", "haconfd binary")

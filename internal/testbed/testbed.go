@@ -120,3 +120,24 @@ func Poll(timeout, interval time.Duration, cond func() bool) error {
 		time.Sleep(interval)
 	}
 }
+
+// NoCheckTemplate is a whole haproxy.cfg with the galera section and no
+// health checks, so that a server added through the runtime API takes
+// traffic at once (with `check` it waits for its `rise` checks, by
+// design). The e2e tests and the benchmarks use it.
+const NoCheckTemplate = `global
+    stats socket {{ .Vars.runtime_socket }} mode 660 level admin expose-fd listeners
+    server-state-file {{ .Vars.state_file }}
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    load-server-state-from-file global
+listen galera
+    bind {{ .Vars.bind }}
+    balance roundrobin
+{{- range .Nodes }}
+    server {{ .Name }} {{ .Addr }}{{ if not .Synced }} disabled{{ end }}
+{{- end }}
+`
