@@ -1,7 +1,6 @@
 package haproxy
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"net/netip"
@@ -127,7 +126,7 @@ func PlanChange(prev, next []byte) (Plan, error) {
 	}
 	// Server lines that are the same in both configs (nearly all of them)
 	// are parsed once.
-	cache := make(map[string]*server)
+	cache := make(map[string]*server, bytes.Count(prev, []byte("\n")))
 	pc, err := parseConfig(prev, cache)
 	if err != nil {
 		return Plan{}, fmt.Errorf("plan: previous config: %w", err)
@@ -246,18 +245,18 @@ type section struct {
 }
 
 type server struct {
-	name    string
-	addr    string // as written
-	ip      netip.Addr
-	port    int
-	addrErr string // why addr is not a runtime-usable IP:port ("" if it is)
-	line    string // normalized line
+	name string
+	line string // normalized line
 
-	// Options are parsed on first use: only the lines that changed need
-	// them, and a 10,000-server config has few of those.
+	// The rest is parsed on first use (parse): only the lines that changed
+	// need it, and a 10,000-server config has few of those.
+	parsed   bool
+	addr     string // as written
+	ip       netip.Addr
+	port     int
+	addrErr  string   // why addr is not a runtime-usable IP:port ("" if it is)
 	rest     []string // the words after the address
 	quoteErr string   // a word with a quote, '\' or '$' ("" if none)
-	parsed   bool
 	opts     []params.ServerOption
 	optErr   string // an option the parser did not understand ("" if none)
 }
@@ -279,6 +278,22 @@ func (s *server) parse() {
 		return
 	}
 	s.parsed = true
+	fields := strings.Fields(s.line) // "server NAME ADDR [OPTION...]", at least 3
+	s.addr, s.rest = fields[2], fields[3:]
+	for _, f := range fields {
+		if strings.ContainsAny(f, `"'\$`) {
+			s.quoteErr = f
+		}
+	}
+	ap, err := netip.ParseAddrPort(s.addr)
+	switch {
+	case err != nil:
+		s.addrErr = fmt.Sprintf("address %q is not IP:port (add server does not resolve names)", s.addr)
+	case ap.Port() == 0:
+		s.addrErr = fmt.Sprintf("address %q has port 0", s.addr)
+	default:
+		s.ip, s.port = ap.Addr().Unmap(), int(ap.Port())
+	}
 	s.opts = params.ParseServerOptions(s.rest)
 	if got := strings.Fields(params.ServerOptionsString(s.opts)); !slices.Equal(got, s.rest) {
 		s.optErr = firstUnparsed(s.rest, got)
@@ -319,17 +334,23 @@ func parseConfig(data []byte, cache map[string]*server) (*config, error) {
 	var lastDefaults *section
 	namedDefaults := make(map[string]*section)
 	seen := make(map[string]int)
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64*1024), 16*1024*1024)
+	// One string for the whole file: lines are substrings of it, and a
+	// line that is already normalized (nearly all) is kept without a copy.
+	rest := string(data)
 	lineNo := 0
-	for sc.Scan() {
+	for rest != "" {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\n")
 		lineNo++
-		fields := strings.Fields(stripComment(sc.Text()))
-		if len(fields) == 0 {
+		norm := normalize(stripComment(line))
+		if norm == "" {
 			continue
 		}
-		if isSectionKind(fields[0]) {
-			cur = &section{kind: fields[0], header: strings.Join(fields, " "), byName: make(map[string]*server)}
+		first, _, _ := strings.Cut(norm, " ")
+		if isSectionKind(first) {
+			cur.indexServers()
+			fields := strings.Fields(norm)
+			cur = &section{kind: fields[0], header: norm}
 			if len(fields) > 1 && fields[1] != "from" {
 				cur.name = fields[1]
 			}
@@ -358,39 +379,64 @@ func parseConfig(data []byte, cache map[string]*server) (*config, error) {
 			continue
 		}
 		if cur == nil {
-			cur = &section{kind: "", key: "(before any section)", byName: make(map[string]*server)}
+			cur = &section{kind: "", key: "(before any section)"}
 			c.sections = append(c.sections, cur)
 			c.byKey[cur.key] = cur
 		}
-		norm := strings.Join(fields, " ")
-		if fields[0] == "server" && cur.isProxy() {
-			if len(fields) < 3 {
-				return nil, fmt.Errorf("line %d: server line needs a name and an address: %q", lineNo, norm)
-			}
-			var s *server
-			if c, ok := cache[norm]; ok {
-				cp := *c // opts are shared read-only
-				s = &cp
-			} else {
-				s = parseServer(fields)
-				s.line = norm
+		if first == "server" && cur.isProxy() {
+			// Servers are immutable once parsed (parse is deterministic),
+			// so both configs share the entry of a line they both have.
+			s := cache[norm]
+			if s == nil {
+				_, args, _ := strings.Cut(norm, " ")
+				name, addr, _ := strings.Cut(args, " ")
+				if name == "" || addr == "" {
+					return nil, fmt.Errorf("line %d: server line needs a name and an address: %q", lineNo, norm)
+				}
+				s = &server{name: name, line: norm}
 				if cache != nil {
 					cache[norm] = s
 				}
 			}
-			if _, dup := cur.byName[s.name]; dup {
-				cur.dupNames = append(cur.dupNames, s.name)
-			}
-			cur.byName[s.name] = s
 			cur.servers = append(cur.servers, s)
 			continue
 		}
 		cur.lines = append(cur.lines, norm)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read: %w", err)
-	}
+	cur.indexServers()
 	return c, nil
+}
+
+// indexServers fills byName and dupNames once the section's servers are
+// all known (so that the map is sized once). s may be nil.
+func (s *section) indexServers() {
+	if s == nil {
+		return
+	}
+	s.byName = make(map[string]*server, len(s.servers))
+	for _, srv := range s.servers {
+		if _, dup := s.byName[srv.name]; dup {
+			s.dupNames = append(s.dupNames, srv.name)
+		}
+		s.byName[srv.name] = srv
+	}
+}
+
+// normalize returns line's words joined by single spaces. A line that is
+// already so (leading indentation aside) is returned as a substring.
+func normalize(line string) string {
+	t := strings.TrimLeft(line, " \t")
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if c > ' ' && c < 0x7f {
+			continue
+		}
+		if c == ' ' && i+1 < len(t) && t[i+1] > ' ' && t[i+1] < 0x7f {
+			continue
+		}
+		return strings.Join(strings.Fields(t), " ")
+	}
+	return t
 }
 
 // stripComment cuts line at the first '#' outside quotes and not escaped.
@@ -412,25 +458,6 @@ func stripComment(line string) string {
 		}
 	}
 	return line
-}
-
-func parseServer(fields []string) *server {
-	s := &server{name: fields[1], addr: fields[2], rest: slices.Clone(fields[3:])}
-	for _, f := range fields {
-		if strings.ContainsAny(f, `"'\$`) {
-			s.quoteErr = f
-		}
-	}
-	ap, err := netip.ParseAddrPort(s.addr)
-	switch {
-	case err != nil:
-		s.addrErr = fmt.Sprintf("address %q is not IP:port (add server does not resolve names)", s.addr)
-	case ap.Port() == 0:
-		s.addrErr = fmt.Sprintf("address %q has port 0", s.addr)
-	default:
-		s.ip, s.port = ap.Addr().Unmap(), int(ap.Port())
-	}
-	return s
 }
 
 // firstUnparsed returns the first token of want that got lacks.

@@ -268,9 +268,30 @@ func TestPlanFirstStart(t *testing.T) {
 }
 
 func TestPlanBadInput(t *testing.T) {
-	_, err := PlanChange([]byte(planBase), []byte(planBase+"    server lonely\n"))
-	if err == nil || !strings.Contains(err.Error(), "line 15: server line needs a name and an address") || strings.Contains(err.Error(), "\n") {
-		t.Fatalf("PlanChange = %v, want a one-line error naming line 15", err)
+	for _, line := range []string{"    server lonely\n", "    server\n", "\tserver  # only a comment\n"} {
+		_, err := PlanChange([]byte(planBase), []byte(planBase+line))
+		if err == nil || !strings.Contains(err.Error(), "line 15: server line needs a name and an address") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: PlanChange = %v, want a one-line error naming line 15", line, err)
+		}
+	}
+}
+
+// Whitespace, CRLF line ends and comments do not make a difference: the
+// same config written differently plans nothing.
+func TestPlanNormalizesLines(t *testing.T) {
+	messy := strings.NewReplacer("    server n1 ", "\tserver   n1\t", "balance leastconn", "balance leastconn   # comment", "\n", "\r\n").Replace(planBase)
+	if messy == planBase {
+		t.Fatal("replacer changed nothing")
+	}
+	p, err := PlanChange([]byte(planBase), []byte(messy))
+	if err != nil || p.Reload || len(p.Ops) != 0 {
+		t.Fatalf("PlanChange(clean, messy) = %+v, %v; want nothing to do", p, err)
+	}
+	if got := normalize("\t a  b\tc \u00a0d "); got != "a b c d" {
+		t.Errorf("normalize = %q", got)
+	}
+	if got := normalize("    server n1 10.0.0.1:3306 check"); got != "server n1 10.0.0.1:3306 check" {
+		t.Errorf("normalize = %q", got)
 	}
 }
 

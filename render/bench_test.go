@@ -7,6 +7,10 @@ import (
 	"github.com/haconfd/haconfd/templates"
 )
 
+// BenchmarkRender10k renders the default templates for 10,000 nodes, as
+// "ip:port" values and as the five directory keys per node that
+// `haconfd register --mysql-dsn` writes (the render + plan row of make
+// bench, render part).
 func BenchmarkRender10k(b *testing.B) {
 	base, _ := templates.File(templates.Base)
 	gal, _ := templates.File(templates.Galera)
@@ -15,14 +19,22 @@ func BenchmarkRender10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	kvs := map[string]string{}
+	values, dirs := map[string]string{}, map[string]string{}
 	for i := 0; i < 10000; i++ {
-		kvs[fmt.Sprintf("/components/galera/node%05d", i)] = fmt.Sprintf("10.%d.%d.%d:3306", i/65536, i/256%256, i%256)
+		node := fmt.Sprintf("/components/galera/node%05d", i)
+		ip := fmt.Sprintf("10.%d.%d.%d", i/65536, i/256%256, i%256)
+		values[node] = ip + ":3306"
+		dirs[node+"/ip"], dirs[node+"/port"], dirs[node+"/host"] = ip, "3306", fmt.Sprintf("db%05d.example.com", i)
+		dirs[node+"/wsrep_local_state_comment"], dirs[node+"/wsrep_local_index"] = "Synced", fmt.Sprint(i)
 	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := r.Render(Input{Revision: 1, KVs: kvs}); err != nil {
-			b.Fatal(err)
-		}
+	for name, kvs := range map[string]map[string]string{"values": values, "dirs": dirs} {
+		b.Run(name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				out, err := r.Render(Input{Revision: 1, KVs: kvs})
+				if err != nil || len(out.Services[0].Nodes) != 10000 {
+					b.Fatal(err, out.Problems)
+				}
+			}
+		})
 	}
 }

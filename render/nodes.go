@@ -5,8 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,11 +42,14 @@ type Node struct {
 	Weight              int    // 0-256, DefaultWeight when absent
 	State               string // "" if unpublished, else the Galera state comment ("Synced", "Donor/Desynced", ...)
 	Index               int    // wsrep_local_index, -1 when unknown
-}
 
-// Synced reports whether the node may take traffic: it published no state
-// (nothing says otherwise) or its state is "Synced".
-func (n Node) Synced() bool { return n.State == "" || n.State == "Synced" }
+	// Derived fields, so that a template can test them without a function
+	// call (at 10,000 nodes each call per node costs ~5 ms of a render):
+	// {{ if .Weighted }} weight {{ .Weight }}{{ end }}.
+	Synced   bool // may take traffic: no state published (nothing says otherwise) or State is "Synced"
+	Weighted bool // Weight is not DefaultWeight, so a server line needs "weight N"
+	IsWriter bool // the single writer (Data.Writer); set in the nodes a template sees
+}
 
 // Service is the set of valid nodes under one watched prefix.
 type Service struct {
@@ -82,6 +85,48 @@ const (
 	fieldWsrepIdx = "wsrep_local_index"
 )
 
+// dirField is the slot of a known directory field in rawNode.dir.
+type dirField int
+
+const (
+	dirIP dirField = iota
+	dirPort
+	dirHost
+	dirSIN
+	dirWeight
+	dirState
+	dirWsrepSC
+	dirIndex
+	dirWsrepIdx
+	numDirFields
+)
+
+// dirFieldOf returns the slot of a directory field name, false for a field
+// haconfd does not read (ignored, like deeper keys).
+func dirFieldOf(name string) (dirField, bool) {
+	switch name {
+	case fieldIP:
+		return dirIP, true
+	case fieldPort:
+		return dirPort, true
+	case fieldHost:
+		return dirHost, true
+	case fieldSIN:
+		return dirSIN, true
+	case fieldWeight:
+		return dirWeight, true
+	case fieldState:
+		return dirState, true
+	case fieldWsrepSC:
+		return dirWsrepSC, true
+	case fieldIndex:
+		return dirIndex, true
+	case fieldWsrepIdx:
+		return dirWsrepIdx, true
+	}
+	return 0, false
+}
+
 // isKnownState reports whether s is a Galera wsrep_local_state_comment
 // value; those, including the ones with spaces, are accepted verbatim. Any
 // other state must be a token of [A-Za-z0-9_.:/-].
@@ -111,9 +156,36 @@ func isKnownState(s string) bool {
 
 // rawNode gathers the raw etcd values found for one id before validation.
 type rawNode struct {
-	value  *string           // value style: <prefix>/<id> = value
-	fields map[string]string // directory style: <prefix>/<id>/<field> = value
+	id    string
+	key   string // <prefix>/<id>, cut from an etcd key
+	value string // value style: <prefix>/<id> = value ("" when absent)
+	dir   int32  // index of its dirFields, -1 when it has none
 }
+
+// dirFields are the directory-style values of one node, <prefix>/<id>/<field>
+// = value, for the fields haconfd reads: fixed slots, not a map per node.
+type dirFields struct {
+	v   [numDirFields]string
+	has uint16 // bit f set: v[f] was given
+}
+
+// dirSlab holds dirFields in fixed chunks: growing it never copies, and at
+// 10,000 directory-style nodes a growing slice allocated 5 times the final
+// size.
+type dirSlab struct {
+	chunks []*[256]dirFields
+	n      int
+}
+
+func (s *dirSlab) add() int32 {
+	if s.n%256 == 0 {
+		s.chunks = append(s.chunks, new([256]dirFields))
+	}
+	s.n++
+	return int32(s.n - 1)
+}
+
+func (s *dirSlab) at(i int32) *dirFields { return &s.chunks[i/256][i%256] }
 
 // fields of a node after merging both styles, still unvalidated.
 type nodeFields struct {
@@ -133,7 +205,11 @@ type nodeFields struct {
 func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
 	p := trimPrefix(prefix)
 	under := p + "/"
-	raws := make(map[string]*rawNode)
+	// Nodes are gathered in a slice indexed through a map, not a map of
+	// pointers: at 10,000 nodes this is a third of ParseNodes' time.
+	index := make(map[string]int, len(kvs))
+	raws := make([]rawNode, 0, len(kvs))
+	var dirs dirSlab
 	for k, v := range kvs {
 		if !strings.HasPrefix(k, under) {
 			continue
@@ -143,41 +219,50 @@ func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
 			continue // "<prefix>/" itself
 		}
 		id, field, deep := strings.Cut(rest, "/")
-		r := raws[id]
-		if r == nil {
-			r = &rawNode{}
-			raws[id] = r
-		}
-		if !deep {
-			val := v
-			r.value = &val
-			continue
-		}
-		if field == "" || strings.Contains(field, "/") {
+		if deep && (field == "" || strings.Contains(field, "/")) {
 			continue // deeper keys are ignored
 		}
-		if r.fields == nil {
-			r.fields = make(map[string]string, 4)
+		i, ok := index[id]
+		if !ok {
+			i = len(raws)
+			index[id] = i
+			raws = append(raws, rawNode{id: id, key: k[:len(under)+len(id)], dir: -1})
 		}
-		r.fields[field] = v
-	}
-
-	ids := make([]string, 0, len(raws))
-	for id := range raws {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-
-	var nodes []Node
-	var problems []Problem
-	for _, id := range ids {
-		key := under + id
-		n, err := buildNode(id, raws[id])
-		if err != nil {
-			problems = append(problems, Problem{Key: key, Reason: err.Error()})
+		r := &raws[i]
+		if !deep {
+			r.value = v
 			continue
 		}
-		n.Key = key
+		if f, ok := dirFieldOf(field); ok {
+			if r.dir < 0 {
+				r.dir = dirs.add()
+			}
+			d := dirs.at(r.dir)
+			d.v[f] = v
+			d.has |= 1 << f
+		}
+	}
+	// Sorting indices moves 4 bytes per swap instead of a rawNode.
+	order := make([]int32, len(raws))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(raws[a].id, raws[b].id) })
+
+	nodes := make([]Node, 0, len(raws))
+	var problems []Problem
+	for _, i := range order {
+		r := &raws[i]
+		var d *dirFields
+		if r.dir >= 0 {
+			d = dirs.at(r.dir)
+		}
+		n, err := buildNode(r, d)
+		if err != nil {
+			problems = append(problems, Problem{Key: r.key, Reason: err.Error()})
+			continue
+		}
+		n.Key = r.key
 		nodes = append(nodes, n)
 	}
 	nodes, dup := assignNames(nodes)
@@ -199,42 +284,45 @@ func sortProblems(ps []Problem) {
 // "/components/galera" watch the same keys.
 func trimPrefix(prefix string) string { return strings.TrimRight(prefix, "/") }
 
-func buildNode(id string, r *rawNode) (Node, error) {
-	if err := validateID(id); err != nil {
+func buildNode(r *rawNode, d *dirFields) (Node, error) {
+	if err := validateID(r.id); err != nil {
 		return Node{}, err
 	}
 	var f nodeFields
 	// An empty value counts as no value: an etcd v2 directory migrated to
 	// v3 (or a placeholder) must not hide the directory fields below it.
-	if r.value != nil && *r.value != "" {
-		vf, err := parseValue(*r.value)
+	if r.value != "" {
+		vf, err := parseValue(r.value)
 		if err != nil {
 			return Node{}, err
 		}
 		f = vf
 	}
 	// Directory fields win over value fields (see ParseNodes).
-	set := func(dst *string, names ...string) {
-		for _, name := range names {
-			if v, ok := r.fields[name]; ok {
-				*dst = v
+	if d == nil {
+		return validateNode(r.id, f)
+	}
+	set := func(dst *string, fields ...dirField) {
+		for _, i := range fields {
+			if d.has&(1<<i) != 0 {
+				*dst = d.v[i]
 				return
 			}
 		}
 	}
-	set(&f.ip, fieldIP)
-	set(&f.port, fieldPort)
-	set(&f.host, fieldHost)
-	set(&f.sin, fieldSIN)
-	set(&f.weight, fieldWeight)
-	set(&f.state, fieldState, fieldWsrepSC)
-	set(&f.index, fieldWsrepIdx, fieldIndex)
-	return validateNode(id, f)
+	set(&f.ip, dirIP)
+	set(&f.port, dirPort)
+	set(&f.host, dirHost)
+	set(&f.sin, dirSIN)
+	set(&f.weight, dirWeight)
+	set(&f.state, dirState, dirWsrepSC)
+	set(&f.index, dirWsrepIdx, dirIndex)
+	return validateNode(r.id, f)
 }
 
 // validateNode checks every field. Empty optional fields count as absent.
 func validateNode(id string, f nodeFields) (Node, error) {
-	n := Node{ID: id, Port: DefaultPort, Weight: DefaultWeight, Index: -1}
+	n := Node{ID: id, Port: DefaultPort, Weight: DefaultWeight, Index: -1, Synced: true}
 	if f.ip == "" {
 		return Node{}, fmt.Errorf("missing ip")
 	}
@@ -250,7 +338,11 @@ func validateNode(id string, f nodeFields) (Node, error) {
 		}
 		n.Port = p
 	}
-	n.Addr = net.JoinHostPort(n.IP, strconv.Itoa(n.Port))
+	if strings.IndexByte(n.IP, ':') >= 0 {
+		n.Addr = "[" + n.IP + "]:" + strconv.Itoa(n.Port)
+	} else {
+		n.Addr = n.IP + ":" + strconv.Itoa(n.Port)
+	}
 	if f.host != "" {
 		h, err := validateHostOrIP(f.host)
 		if err != nil {
@@ -270,12 +362,14 @@ func validateNode(id string, f nodeFields) (Node, error) {
 			return Node{}, fmt.Errorf("weight %s is not a number 0-%d", quote(f.weight), MaxWeight)
 		}
 		n.Weight = w
+		n.Weighted = w != DefaultWeight
 	}
 	if f.state != "" {
 		if !isKnownState(f.state) && (!isToken(f.state, "_.:/-") || len(f.state) > maxTokenLen) {
 			return Node{}, fmt.Errorf("state %s is not a Galera state", quote(f.state))
 		}
 		n.State = f.state
+		n.Synced = f.state == "Synced"
 	}
 	if f.index != "" {
 		i, ok := parseUint(f.index, 1<<16)
@@ -395,6 +489,9 @@ func validateHostOrIP(s string) (string, error) {
 		if a.Zone() != "" {
 			return "", fmt.Errorf("IP address %s has a zone", quote(s))
 		}
+		if a.Is4() {
+			return s, nil // ParseAddr takes only the canonical dotted quad
+		}
 		return a.String(), nil
 	}
 	if isHostName(s) {
@@ -411,8 +508,9 @@ func isHostName(s string) bool {
 	if s == "" || len(s) > 253 {
 		return false
 	}
-	labels := strings.Split(s, ".")
-	for _, l := range labels {
+	var last string
+	for rest := s; ; {
+		l, more, found := strings.Cut(rest, ".")
 		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return false
 		}
@@ -422,8 +520,12 @@ func isHostName(s string) bool {
 				return false
 			}
 		}
+		if !found {
+			last = l
+			break
+		}
+		rest = more
 	}
-	last := labels[len(labels)-1]
 	return strings.Trim(last, "0123456789") != ""
 }
 
@@ -475,6 +577,18 @@ func validateID(id string) error {
 	case !utf8.ValidString(id):
 		return fmt.Errorf("id %s is not valid UTF-8", quote(id))
 	}
+	ascii := true
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c >= utf8.RuneSelf {
+			ascii = false
+			break
+		} else if c <= ' ' || c == '/' || c == 0x7f {
+			return fmt.Errorf("id %s contains a control character or whitespace", quote(id))
+		}
+	}
+	if ascii {
+		return nil
+	}
 	for _, r := range id {
 		if unicode.IsControl(r) || unicode.IsSpace(r) || r == '/' || !unicode.IsPrint(r) {
 			return fmt.Errorf("id %s contains a control character or whitespace", quote(id))
@@ -485,6 +599,9 @@ func validateID(id string) error {
 
 // safeName maps every character outside [A-Za-z0-9_.:-] to '_'.
 func safeName(s string) string {
+	if isToken(s, "_.:-") {
+		return s
+	}
 	var b strings.Builder
 	for _, r := range s {
 		if r < utf8.RuneSelf && (isAlnum(byte(r)) || strings.IndexByte("_.:-", byte(r)) >= 0) {
@@ -506,6 +623,24 @@ func shortHash(s string) string {
 // collides with another node's. Names are unique: a node whose name still
 // collides (only possible with a crafted id) is dropped with a Problem.
 func assignNames(nodes []Node) ([]Node, []Problem) {
+	// The usual case: every id is already a safe name, so names are the
+	// (distinct) ids and cannot collide.
+	safe := true
+	for i := range nodes {
+		if !isToken(nodes[i].ID, "_.:-") {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		for i := range nodes {
+			nodes[i].Name = nodes[i].ID
+		}
+		if len(nodes) == 0 {
+			return nil, nil
+		}
+		return nodes, nil
+	}
 	count := make(map[string]int, len(nodes))
 	for i := range nodes {
 		n := &nodes[i]

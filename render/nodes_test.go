@@ -31,32 +31,32 @@ func TestParseNodesValid(t *testing.T) {
 				pfx + "/n1/wsrep_local_state_comment": "Donor/Desynced", pfx + "/n1/wsrep_local_index": "2",
 			},
 			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3307, Addr: "10.0.0.1:3307",
-				Host: "db1.example.com", ServiceInstanceName: "galera@n1.service", Weight: 100, State: "Donor/Desynced", Index: 2}},
+				Host: "db1.example.com", ServiceInstanceName: "galera@n1.service", Weight: 100, State: "Donor/Desynced", Index: 2, Weighted: true}},
 		},
 		{
 			name: "defaults",
 			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "empty optional fields count as absent",
 			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "", pfx + "/n1/host": "", pfx + "/n1/state": ""},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "state wins over wsrep_local_state_comment",
 			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/state": "Synced", pfx + "/n1/wsrep_local_state_comment": "Joined"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, State: "Synced", Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, State: "Synced", Index: -1, Synced: true}},
 		},
 		{
 			name: "value ipv6 bracketed, canonical form",
 			kvs:  map[string]string{pfx + "/n1": "[2001:DB8::0:1]:3310"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "2001:db8::1", Port: 3310, Addr: "[2001:db8::1]:3310", Weight: 1, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "2001:db8::1", Port: 3310, Addr: "[2001:db8::1]:3310", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "value host name",
 			kvs:  map[string]string{pfx + "/n1": "db-1.example.com:3306"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "db-1.example.com", Port: 3306, Addr: "db-1.example.com:3306", Weight: 1, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "db-1.example.com", Port: 3306, Addr: "db-1.example.com:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "json with string port and index, known state with spaces",
@@ -67,13 +67,13 @@ func TestParseNodesValid(t *testing.T) {
 		{
 			name: "directory fields win over the value",
 			kvs:  map[string]string{pfx + "/n1": `{"ip":"10.0.0.9","port":1234,"weight":5}`, pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/weight": "7"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 1234, Addr: "10.0.0.1:1234", Weight: 7, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 1234, Addr: "10.0.0.1:1234", Weight: 7, Index: -1, Synced: true, Weighted: true}},
 		},
 		{
 			name: "trailing slash prefix, unrelated and deep keys ignored",
 			kvs: map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/a/b": "x", pfx: "x", pfx + "/": "x",
 				pfx + "x/n2/ip": "10.0.0.2", "/elsewhere/n3/ip": "10.0.0.3", pfx + "/n1/unknown": "bad\nvalue"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1}},
+			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "no keys",
@@ -201,10 +201,22 @@ func TestNodeNames(t *testing.T) {
 	}
 }
 
-func TestSynced(t *testing.T) {
-	for state, want := range map[string]bool{"": true, "Synced": true, "Donor/Desynced": false, "Joined": false, "synced": false} {
-		if got := (render.Node{State: state}).Synced(); got != want {
-			t.Errorf("Synced(%q) = %v, want %v", state, got, want)
+func TestSyncedAndWeighted(t *testing.T) {
+	for state, want := range map[string]bool{"": true, "Synced": true, "Donor/Desynced": false, "Joined": false, "synced-x": false} {
+		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/state": state}
+		nodes, problems := render.ParseNodes(pfx, kvs)
+		if len(nodes) != 1 {
+			t.Fatalf("state %q: nodes %v, problems %v", state, nodes, problems)
+		}
+		if nodes[0].Synced != want {
+			t.Errorf("state %q: Synced = %v, want %v", state, nodes[0].Synced, want)
+		}
+	}
+	for weight, want := range map[string]bool{"": false, "1": false, "0": true, "2": true, "256": true} {
+		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/weight": weight}
+		nodes, _ := render.ParseNodes(pfx, kvs)
+		if len(nodes) != 1 || nodes[0].Weighted != want {
+			t.Errorf("weight %q: nodes %+v, want Weighted %v", weight, nodes, want)
 		}
 	}
 }

@@ -200,6 +200,15 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		out.Problems = append(out.Problems, problems...)
 	}
 	sortProblems(out.Problems)
+	if r.opts.PickWriter != nil {
+		out.Writer = r.opts.PickWriter(out.Services[0].Nodes, in.Writer)
+	}
+	if out.Writer != "" {
+		for i := range out.Services[0].Nodes {
+			n := &out.Services[0].Nodes[i]
+			n.IsWriter = n.ID == out.Writer
+		}
+	}
 
 	// Templates get their own copies so that nothing they do (reverse on a
 	// node list, say) can change Output.Services.
@@ -213,9 +222,6 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		data.Services = append(data.Services, s)
 	}
 	data.Nodes = append([]Node(nil), out.Services[0].Nodes...)
-	if r.opts.PickWriter != nil {
-		out.Writer = r.opts.PickWriter(out.Services[0].Nodes, in.Writer)
-	}
 	data.Writer = out.Writer
 
 	cfg, err := r.execute(newKVStore(in.KVs), data)

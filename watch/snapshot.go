@@ -79,12 +79,11 @@ func (s Snapshot) WriteJSON(w io.Writer) error {
 // ReadSnapshotFile reads a snapshot from the JSON file at path (see
 // ReadSnapshot for the accepted forms).
 func ReadSnapshotFile(path string) (Snapshot, error) {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path) // sized once, unlike io.ReadAll
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("read snapshot: %w", err)
 	}
-	defer f.Close()
-	s, err := ReadSnapshot(f)
+	s, err := parseSnapshot(data)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -105,20 +104,40 @@ func ReadSnapshot(r io.Reader) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("read snapshot: %w", err)
 	}
+	return parseSnapshot(data)
+}
+
+func parseSnapshot(data []byte) (Snapshot, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return Snapshot{}, fmt.Errorf("read snapshot: %w: empty input", ErrBadSnapshot)
+	}
+	// Which form: the first byte of each member is enough (a map of
+	// json.RawMessage would copy a 10,000-node file once more).
+	var kinds map[string]firstByte
+	if err := strictDecode(data, &kinds); err != nil {
+		return Snapshot{}, fmt.Errorf("read snapshot: %w: want a JSON object: %w", ErrBadSnapshot, err)
+	}
+	if kinds == nil {
+		return Snapshot{}, fmt.Errorf("read snapshot: %w: want a JSON object, got null", ErrBadSnapshot)
+	}
+	if kinds["kvs"] == '[' {
+		return readStructured(data)
 	}
 	var top map[string]json.RawMessage
 	if err := strictDecode(data, &top); err != nil {
 		return Snapshot{}, fmt.Errorf("read snapshot: %w: want a JSON object: %w", ErrBadSnapshot, err)
 	}
-	if top == nil {
-		return Snapshot{}, fmt.Errorf("read snapshot: %w: want a JSON object, got null", ErrBadSnapshot)
-	}
-	if raw, ok := top["kvs"]; ok && bytes.HasPrefix(bytes.TrimSpace(raw), []byte("[")) {
-		return readStructured(data)
-	}
 	return readFlat(top)
+}
+
+// firstByte keeps only the first byte of a JSON value.
+type firstByte byte
+
+func (f *firstByte) UnmarshalJSON(b []byte) error {
+	if b = bytes.TrimSpace(b); len(b) > 0 {
+		*f = firstByte(b[0])
+	}
+	return nil
 }
 
 func readStructured(data []byte) (Snapshot, error) {
@@ -170,6 +189,18 @@ const disallowUnknown decodeOption = 1
 // strictDecode decodes exactly one JSON value from data into v; trailing
 // data is an error.
 func strictDecode(data []byte, v any, opts ...decodeOption) error {
+	if !slices.Contains(opts, disallowUnknown) {
+		// Unmarshal reads data in place (a Decoder copies it into its
+		// buffer) and also refuses trailing data.
+		if err := json.Unmarshal(data, v); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) && strings.Contains(se.Error(), "after top-level value") {
+				return errors.New("unexpected data after the JSON object")
+			}
+			return err
+		}
+		return nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if slices.Contains(opts, disallowUnknown) {
 		dec.DisallowUnknownFields()

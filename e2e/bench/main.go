@@ -401,7 +401,10 @@ func storm() ([]string, error) {
 
 // renderPlan: `haconfd render --plan --from-file` on snapshots of 10,
 // 1,000 and 10,000 nodes against a live file with one node fewer; the
-// time haconfd reports for render+plan, and its peak RSS.
+// time haconfd reports for render+plan (timed inside a fresh process, so
+// cold: the daemon renders in a warm one), and its peak RSS. Nodes are
+// "ip:port" values, and at 10,000 also the five keys per node that
+// `haconfd register --mysql-dsn` writes (ip, port, host, state, index).
 func renderPlan() ([]string, error) {
 	dir, err := os.MkdirTemp("", "hcbench")
 	if err != nil {
@@ -409,22 +412,37 @@ func renderPlan() ([]string, error) {
 	}
 	defer os.RemoveAll(dir)
 	var rows []string
-	for _, n := range []int{10, 1000, 10000} {
+	for _, c := range []struct {
+		n   int
+		dir bool
+	}{{10, false}, {1000, false}, {10000, false}, {10000, true}} {
+		n := c.n
 		snap := watch.Snapshot{Revision: int64(n)}
+		var last []watch.KV // the keys of the node left out of the live file
 		for i := 0; i < n; i++ {
-			snap.KVs = append(snap.KVs, watch.KV{Key: fmt.Sprintf("%s/node%05d", prefix, i),
-				Value: fmt.Sprintf("10.%d.%d.%d:3306", i/65536, i/256%256, i%256+0)})
+			ip := fmt.Sprintf("10.%d.%d.%d", i/65536, i/256%256, i%256)
+			node := fmt.Sprintf("%s/node%05d", prefix, i)
+			kvs := []watch.KV{{Key: node, Value: ip + ":3306"}}
+			if c.dir {
+				kvs = []watch.KV{{Key: node + "/ip", Value: ip}, {Key: node + "/port", Value: "3306"},
+					{Key: node + "/host", Value: fmt.Sprintf("db%05d.example.com", i)},
+					{Key: node + "/wsrep_local_state_comment", Value: "Synced"},
+					{Key: node + "/wsrep_local_index", Value: strconv.Itoa(i)}}
+			}
+			snap.KVs = append(snap.KVs, kvs...)
+			last = kvs
 		}
 		sort.Slice(snap.KVs, func(i, j int) bool { return snap.KVs[i].Key < snap.KVs[j].Key })
-		full := filepath.Join(dir, fmt.Sprintf("snap%d.json", n))
-		less := filepath.Join(dir, fmt.Sprintf("less%d.json", n))
+		name := fmt.Sprintf("%d-%t", n, c.dir)
+		full := filepath.Join(dir, "snap"+name+".json")
+		less := filepath.Join(dir, "less"+name+".json")
 		if err := writeSnap(full, snap); err != nil {
 			return nil, err
 		}
-		if err := writeSnap(less, watch.Snapshot{Revision: snap.Revision, KVs: snap.KVs[:n-1]}); err != nil {
+		if err := writeSnap(less, watch.Snapshot{Revision: snap.Revision, KVs: snap.KVs[:len(snap.KVs)-len(last)]}); err != nil {
 			return nil, err
 		}
-		live := filepath.Join(dir, fmt.Sprintf("live%d.cfg", n))
+		live := filepath.Join(dir, "live"+name+".cfg")
 		base := func(from string) []string {
 			return []string{"render", "--from-file", from, "--output", live, "--validate=false",
 				"--runtime-socket", filepath.Join(dir, "a.sock"), "--bind", "127.0.0.1:3306", "--log-level", "error"}
@@ -463,11 +481,15 @@ func renderPlan() ([]string, error) {
 			}
 		}
 		fmt.Fprint(os.Stderr, ".")
-		target := "-"
+		target, layout := "-", "ip:port values"
 		if n == 10000 {
 			target = "≤ 50 ms, ≤ 64 MiB RSS"
 		}
-		rows = append(rows, times.row(fmt.Sprintf("render + plan, %d nodes (haconfd peak RSS %.1f MiB)", n, float64(rss)/1024), "in process", target))
+		if c.dir {
+			layout = "5 keys per node"
+		}
+		rows = append(rows, times.row(fmt.Sprintf("render + plan, %d nodes, %s (haconfd peak RSS %.1f MiB)", n, layout, float64(rss)/1024),
+			"fresh `render --plan` process", target))
 	}
 	return rows, nil
 }

@@ -186,7 +186,7 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 	// retries). With them it fetches a token at once: retry that until
 	// etcd answers, so that an unreachable etcd at start is waited for,
 	// not an exit; a rejected password is a configuration error.
-	backoff := 250 * time.Millisecond
+	wait := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		cli, err := clientv3.New(ccfg)
 		if err == nil {
@@ -208,9 +208,9 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 		case <-ctx.Done():
 			e.Close()
 			return nil, fmt.Errorf("etcd client for %v: %w", endpoints, ctx.Err())
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
@@ -436,7 +436,7 @@ func pickWriter(nodes []render.Node, current string) string {
 	cands := make([]galera.Candidate, len(nodes))
 	for i, n := range nodes {
 		state := n.State
-		if n.Synced() {
+		if n.Synced {
 			state = "Synced"
 		}
 		cands[i] = galera.Candidate{ID: n.ID, State: state, Index: n.Index}
