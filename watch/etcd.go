@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 )
 
@@ -404,13 +405,38 @@ func (e *Etcd) watch(ctx context.Context, rev int64, state map[string]KV, r *run
 }
 
 // probeLoop checks that etcd answers every probeInterval until ctx is
-// done; on the first failure it cancels ctx with the error.
+// done; on the first failure it cancels ctx with the error. It also
+// follows the client's gRPC connection: TRANSIENT_FAILURE means that no
+// endpoint can be reached (one member down leaves it READY through the
+// others), and ends the watch at once, so an outage is noticed in
+// milliseconds rather than after up to probeInterval + requestTimeout (a
+// request on a lost connection waits for it, as etcd's client asks gRPC
+// to). The probe remains for what the connection state does not show: a
+// member that answers nothing, or a network that drops packets until the
+// keepalive gives up.
 func (e *Etcd) probeLoop(ctx context.Context, cancel context.CancelCauseFunc) {
 	t := time.NewTicker(e.probeInterval)
 	defer t.Stop()
+	lost := make(chan connectivity.State, 1)
+	if conn := e.cli.ActiveConnection(); conn != nil {
+		go func() {
+			for st := conn.GetState(); ; st = conn.GetState() {
+				if st == connectivity.TransientFailure || st == connectivity.Shutdown {
+					lost <- st
+					return
+				}
+				if !conn.WaitForStateChange(ctx, st) {
+					return // ctx done
+				}
+			}
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case st := <-lost:
+			cancel(fmt.Errorf("etcd %v unreachable: connection %s", e.cli.Endpoints(), strings.ToLower(st.String())))
 			return
 		case <-t.C:
 			if err := e.probe(ctx); err != nil && ctx.Err() == nil {

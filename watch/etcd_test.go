@@ -592,6 +592,34 @@ func TestEtcdRestartMidRun(t *testing.T) {
 	rec.waitFor(t, true)
 }
 
+// A lost connection ends the watch by itself: with the probe out of the
+// way (an hour apart), the outage is still reported, naming the
+// connection state, and the watch resumes when etcd is back.
+func TestConnectionLossSeenWithoutProbe(t *testing.T) {
+	dir := t.TempDir()
+	srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
+	url := srv.Endpoints()[0]
+	cli := newClient(t, []string{url})
+	put(t, cli, "/p/n1", "a")
+	var rec statusRecorder
+	e := newEtcd(t, cli, Options{Prefixes: []string{"/p"}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, OnStatus: rec.record})
+	e.requestTimeout = 300 * time.Millisecond
+	e.probeInterval = time.Hour
+	out := run(t, e)
+	waitSnapshot(t, out, "/p/n1", hasKV("/p/n1", "a"))
+	rec.waitFor(t, true)
+
+	srv.Close()
+	st := rec.waitFor(t, false)
+	if st.Err == nil || !strings.Contains(st.Err.Error(), "connection transient_failure") {
+		t.Errorf("disconnected status = %+v, want the connection state as the reason", st)
+	}
+	etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
+	put(t, cli, "/p/n2", "b")
+	waitSnapshot(t, out, "/p/n2 after restart", hasKV("/p/n2", "b"))
+	rec.waitFor(t, true)
+}
+
 func TestRunStopsWhileSending(t *testing.T) {
 	srv := etcdserver.StartForTest(t)
 	cli := newClient(t, srv.Endpoints())

@@ -17,6 +17,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
@@ -180,6 +182,13 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 		Password:             cfg.EtcdPassword,
 		TLS:                  tlsCfg,
 		Logger:               zap.NewNop(),
+		// gRPC's own reconnect backoff grows to 2 minutes: after a long
+		// outage etcd could be back that long before haconfd sees it.
+		// Retry at least every 2 s (each try is one TCP connect).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: cfg.EtcdDialTimeout,
+		})},
 	}
 	e.TLS = tlsCfg
 	// Without credentials the client does not wait for etcd (the watcher
