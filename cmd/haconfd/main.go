@@ -196,12 +196,21 @@ unified diff against the live --output file instead, and exits like diff(1):
 			if cfg.Confdir != "" {
 				return renderConfd(cmd, cfg, fromFile, diff, stdout, logger)
 			}
-			rev, err := app.RenderReview(cmd.Context(), cfg, fromFile, validate, logger)
+			rev, err := app.RenderReview(cmd.Context(), cfg, fromFile, validate, diff, logger)
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
 			if plan {
-				return printPlan(stdout, stderr, rev, format, timing)
+				err := printPlan(stdout, stderr, rev, format, timing)
+				if timing {
+					// The process's own high-water mark: a parent's rusage
+					// of a child counts the parent's memory too when the
+					// child is started with vfork, as Go does.
+					if kib, ok := peakRSS(); ok {
+						fmt.Fprintf(stderr, "peak_rss_kib=%d\n", kib)
+					}
+				}
+				return err
 			}
 			if !diff {
 				_, err := stdout.Write(rev.Output.Config)
@@ -343,4 +352,22 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 		return err
 	}
 	return &exitError{code: 1}
+}
+
+// peakRSS is VmHWM from /proc/self/status, in KiB (false where there is
+// no /proc).
+func peakRSS() (int64, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kib int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kib); err == nil {
+				return kib, true
+			}
+		}
+	}
+	return 0, false
 }

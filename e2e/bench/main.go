@@ -392,7 +392,15 @@ func storm() ([]string, error) {
 		return nil, errors.New("storm never converged")
 	}
 	took := time.Since(t0)
-	applies := w.count("start") + w.count("reload") + w.count("runtime") - before
+	// The file is written before "config live" is logged: wait for the
+	// log line, then for the longest quiescence (2 s) to count any apply
+	// that follows.
+	applied := func() int { return w.count("start") + w.count("reload") + w.count("runtime") - before }
+	if err := testbed.Poll(10*time.Second, 5*time.Millisecond, func() bool { return applied() > 0 }); err != nil {
+		return nil, errors.New("storm: the final state is in the file but no apply was logged")
+	}
+	time.Sleep(2500 * time.Millisecond)
+	applies := applied()
 	return []string{
 		one("storm of 200 changes: applies", "auto, --wait 100ms:2s", strconv.Itoa(applies), "≤ 2"),
 		one("storm of 200 changes: first Put → final state live", "auto, --wait 100ms:2s", ms(took), "-"),
@@ -456,7 +464,7 @@ func renderPlan() ([]string, error) {
 		}
 		var times sample
 		var rss int64
-		for r := 0; r < 5; r++ {
+		for r := 0; r < 10; r++ {
 			cmd := exec.Command(*bin, append(base(full), "--plan", "--format", "json", "--bench-timing")...)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -465,14 +473,12 @@ func renderPlan() ([]string, error) {
 			if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
 				return nil, fmt.Errorf("render --plan %d: %v\n%s", n, err, stderr.String())
 			}
-			d, err := timing(stderr.String())
+			d, kib, err := timing(stderr.String())
 			if err != nil {
 				return nil, fmt.Errorf("render --plan %d: %v\n%s", n, err, stderr.String())
 			}
 			times = append(times, d)
-			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-				rss = max(rss, ru.Maxrss)
-			}
+			rss = max(rss, kib)
 			var plan struct {
 				Commands []string `json:"commands"`
 			}
@@ -503,15 +509,31 @@ func writeSnap(path string, s watch.Snapshot) error {
 	return s.WriteJSON(f)
 }
 
-// timing reads the "render_plan=<duration>" line --bench-timing prints.
-func timing(stderr string) (time.Duration, error) {
+// timing reads the "render_plan=<duration>" and "peak_rss_kib=N" lines
+// --bench-timing prints. The peak RSS comes from haconfd itself (VmHWM):
+// the rusage of a child started with vfork, as Go starts them, includes
+// the bench's own memory.
+func timing(stderr string) (time.Duration, int64, error) {
+	var d time.Duration
+	var kib int64 = -1
+	var err error
 	sc := bufio.NewScanner(strings.NewReader(stderr))
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "render_plan="); ok {
-			return time.ParseDuration(v)
+			if d, err = time.ParseDuration(v); err != nil {
+				return 0, 0, err
+			}
+		}
+		if v, ok := strings.CutPrefix(sc.Text(), "peak_rss_kib="); ok {
+			if kib, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return 0, 0, err
+			}
 		}
 	}
-	return 0, errors.New("no render_plan= line")
+	if d == 0 || kib < 0 {
+		return 0, 0, errors.New("no render_plan= and peak_rss_kib= lines")
+	}
+	return d, kib, nil
 }
 
 // idle: haconfd with 3 nodes and nothing changing, for 10 s.

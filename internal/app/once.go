@@ -32,8 +32,10 @@ type Review struct {
 
 // RenderReview renders once, from fromFile (a saved snapshot) or from a
 // single consistent read of etcd, validates the result with `haproxy -c`
-// when validate is set, and compares it with the live --output file.
-func RenderReview(ctx context.Context, cfg config.Config, fromFile string, validate bool, logger *slog.Logger) (Review, error) {
+// when validate is set, and compares it with the live --output file; the
+// unified diff (Review.Diff) is computed only when diff is set: at 10,000
+// servers it costs more time and memory than the render.
+func RenderReview(ctx context.Context, cfg config.Config, fromFile string, validate, diff bool, logger *slog.Logger) (Review, error) {
 	rend, err := NewRenderer(cfg)
 	if err != nil {
 		return Review{}, err
@@ -74,7 +76,7 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 		return Review{}, fmt.Errorf("--output: %w", err)
 	}
 	r.Changed = !bytes.Equal(live, out.Config)
-	if r.Changed {
+	if r.Changed && diff {
 		r.Diff, err = unifiedDiff(live, out.Config, cfg.Output, fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision))
 		if err != nil {
 			return Review{}, err
