@@ -2,6 +2,8 @@ package render
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/haconfd/haconfd/templates"
@@ -28,9 +30,13 @@ func BenchmarkRender10k(b *testing.B) {
 		dirs[node+"/wsrep_local_state_comment"], dirs[node+"/wsrep_local_index"] = "Synced", fmt.Sprint(i)
 	}
 	for name, kvs := range map[string]map[string]string{"values": values, "dirs": dirs} {
+		sorted := make([]KVPair, 0, len(kvs))
+		for _, k := range slices.Sorted(maps.Keys(kvs)) {
+			sorted = append(sorted, KVPair{Key: k, Value: kvs[k]})
+		}
 		b.Run(name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				out, err := r.Render(Input{Revision: 1, KVs: kvs})
+				out, err := r.Render(Input{Revision: 1, KVs: kvs, Sorted: sorted})
 				if err != nil || len(out.Services[0].Nodes) != 10000 {
 					b.Fatal(err, out.Problems)
 				}

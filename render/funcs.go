@@ -61,6 +61,7 @@ type Lookup interface {
 // confd's memkv does.
 type kvStore struct {
 	m      map[string]string
+	pairs  []KVPair // Input.Sorted, when the snapshot came as sorted pairs
 	sorted []string // sorted keys, built on first use (most templates never list keys)
 }
 
@@ -68,10 +69,37 @@ func newKVStore(m map[string]string) *kvStore {
 	return &kvStore{m: m}
 }
 
+// newKVStoreSorted is a store over pairs sorted by key; its map is built
+// only if a template looks a key up (the default templates never do).
+func newKVStoreSorted(pairs []KVPair) *kvStore {
+	return &kvStore{pairs: pairs}
+}
+
+// kv returns the key → value map.
+func (s *kvStore) kv() map[string]string {
+	if s.m == nil && s.pairs != nil {
+		s.m = Input{Sorted: s.pairs}.Map()
+	}
+	return s.m
+}
+
+func (s *kvStore) size() int {
+	if s.pairs != nil {
+		return len(s.pairs)
+	}
+	return len(s.m)
+}
+
 // keys returns the keys sorted, for deterministic iteration.
 func (s *kvStore) keys() []string {
 	if s.sorted == nil {
-		s.sorted = make([]string, 0, len(s.m))
+		s.sorted = make([]string, 0, s.size())
+		if s.pairs != nil {
+			for _, p := range s.pairs {
+				s.sorted = append(s.sorted, p.Key)
+			}
+			return s.sorted
+		}
 		for k := range s.m {
 			s.sorted = append(s.sorted, k)
 		}
@@ -81,12 +109,12 @@ func (s *kvStore) keys() []string {
 }
 
 func (s *kvStore) exists(key string) bool {
-	_, ok := s.m[key]
+	_, ok := s.kv()[key]
 	return ok
 }
 
 func (s *kvStore) get(key string) (KVPair, error) {
-	v, ok := s.m[key]
+	v, ok := s.kv()[key]
 	if !ok {
 		return KVPair{}, &KeyError{Key: key, Err: ErrKeyNotExist}
 	}
@@ -96,7 +124,7 @@ func (s *kvStore) get(key string) (KVPair, error) {
 // getv returns the value of key, or the first default when the key is
 // missing; without a default a missing key is an error.
 func (s *kvStore) getv(key string, def ...string) (string, error) {
-	v, ok := s.m[key]
+	v, ok := s.kv()[key]
 	if !ok {
 		if len(def) > 0 {
 			return def[0], nil
@@ -111,12 +139,12 @@ func (s *kvStore) getv(key string, def ...string) (string, error) {
 // least one key to match it against.
 func (s *kvStore) gets(pattern string) (KVPairs, error) {
 	out := make(KVPairs, 0)
-	if _, err := path.Match(pattern, ""); err != nil && len(s.m) > 0 {
+	if _, err := path.Match(pattern, ""); err != nil && s.size() > 0 {
 		return nil, fmt.Errorf("pattern %q: %w", pattern, err)
 	}
 	for _, k := range s.keys() {
 		if ok, _ := path.Match(pattern, k); ok {
-			out = append(out, KVPair{Key: k, Value: s.m[k]})
+			out = append(out, KVPair{Key: k, Value: s.kv()[k]})
 		}
 	}
 	return out, nil

@@ -2,9 +2,12 @@ package render_test
 
 import (
 	"bytes"
+	"maps"
 	"net"
 	"net/netip"
+	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -90,7 +93,12 @@ func checkNode(t *testing.T, n render.Node) {
 func FuzzParseNodes(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, id, ip, port, host, sin, weight, state, index, value string) {
-		nodes, problems := render.ParseNodes(pfx, fuzzKVs(id, ip, port, host, sin, weight, state, index, value))
+		kvs := fuzzKVs(id, ip, port, host, sin, weight, state, index, value)
+		nodes, problems := render.ParseNodes(pfx, kvs)
+		sn, sp := render.ParseNodesSorted(pfx, sortedPairs(kvs))
+		if !reflect.DeepEqual(sn, nodes) || !reflect.DeepEqual(sp, problems) {
+			t.Errorf("ParseNodesSorted = %+v %+v, ParseNodes = %+v %+v", sn, sp, nodes, problems)
+		}
 		names := map[string]bool{}
 		for i, n := range nodes {
 			checkNode(t, n)
@@ -155,4 +163,13 @@ func FuzzRender(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sortedPairs is kvs as render.Input.Sorted wants them.
+func sortedPairs(kvs map[string]string) []render.KVPair {
+	out := make([]render.KVPair, 0, len(kvs))
+	for _, k := range slices.Sorted(maps.Keys(kvs)) {
+		out = append(out, render.KVPair{Key: k, Value: kvs[k]})
+	}
+	return out
 }

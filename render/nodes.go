@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -203,13 +205,42 @@ type nodeFields struct {
 // discovery unit writes and keeps alive field by field with TTLs, while a
 // stale value is the more likely leftover.
 func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
+	return parseNodes(prefix, len(kvs), maps.All(kvs))
+}
+
+// ParseNodesSorted is ParseNodes over key/value pairs sorted by key (as
+// etcd returns them): it reads only the pairs under prefix, found by
+// binary search, and keys of one node follow each other, so at thousands
+// of nodes it is several times faster than going through a map.
+func ParseNodesSorted(prefix string, kvs []KVPair) ([]Node, []Problem) {
+	under := trimPrefix(prefix) + "/"
+	lo, _ := slices.BinarySearchFunc(kvs, under, func(kv KVPair, k string) int { return strings.Compare(kv.Key, k) })
+	hi := lo
+	for hi < len(kvs) && strings.HasPrefix(kvs[hi].Key, under) {
+		hi++
+	}
+	sub := kvs[lo:hi]
+	return parseNodes(prefix, len(sub), func(yield func(string, string) bool) {
+		for _, kv := range sub {
+			if !yield(kv.Key, kv.Value) {
+				return
+			}
+		}
+	})
+}
+
+// parseNodes is ParseNodes over n key/value pairs from kvs.
+func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []Problem) {
 	p := trimPrefix(prefix)
 	under := p + "/"
 	// Nodes are gathered in a slice indexed through a map, not a map of
-	// pointers: at 10,000 nodes this is a third of ParseNodes' time.
-	index := make(map[string]int, len(kvs))
-	raws := make([]rawNode, 0, len(kvs))
+	// pointers: at 10,000 nodes this is a third of ParseNodes' time. The
+	// node of the previous key is tried first: in key order, a node's keys
+	// follow each other.
+	index := make(map[string]int, n)
+	raws := make([]rawNode, 0, n)
 	var dirs dirSlab
+	lastID, last := "", -1
 	for k, v := range kvs {
 		if !strings.HasPrefix(k, under) {
 			continue
@@ -222,12 +253,16 @@ func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
 		if deep && (field == "" || strings.Contains(field, "/")) {
 			continue // deeper keys are ignored
 		}
-		i, ok := index[id]
+		i, ok := last, last >= 0 && id == lastID
+		if !ok {
+			i, ok = index[id]
+		}
 		if !ok {
 			i = len(raws)
 			index[id] = i
 			raws = append(raws, rawNode{id: id, key: k[:len(under)+len(id)], dir: -1})
 		}
+		lastID, last = id, i
 		r := &raws[i]
 		if !deep {
 			r.value = v

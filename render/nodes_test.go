@@ -235,3 +235,22 @@ func TestParseNodesSorted(t *testing.T) {
 		t.Errorf("ids %v, want %v", ids, want)
 	}
 }
+
+// Keys of one node need not follow each other in key order ("n1-x" sorts
+// between "n1" and "n1/ip"): ParseNodesSorted still gathers them, and
+// reads nothing outside the prefix.
+func TestParseNodesSortedInterleaved(t *testing.T) {
+	kvs := map[string]string{
+		pfx + "/n1": "10.0.0.1", pfx + "/n1-x/ip": "10.0.0.2", pfx + "/n1.y": "10.0.0.3",
+		pfx + "/n1/port": "3307", pfx + "/n1/weight": "5", pfx + "/n1-x/port": "3308", pfx + "/n1!": "bad value",
+		pfx + "-other/n9": "10.0.0.9", "/components/a/n8": "10.0.0.8", pfx: "x",
+	}
+	want, wantProblems := render.ParseNodes(pfx, kvs)
+	got, gotProblems := render.ParseNodesSorted(pfx, sortedPairs(kvs))
+	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
+		t.Fatalf("ParseNodesSorted = %+v %+v\nParseNodes = %+v %+v", got, gotProblems, want, wantProblems)
+	}
+	if len(got) != 3 || got[0].Addr != "10.0.0.1:3307" || got[0].Weight != 5 || got[1].Addr != "10.0.0.2:3308" {
+		t.Errorf("nodes = %+v", got)
+	}
+}

@@ -30,6 +30,22 @@ type Input struct {
 	// Writer is the single writer chosen by the previous render ("" at
 	// first): kept while it stays eligible, so the writer does not flap.
 	Writer string
+	// Sorted, when set, holds the pairs sorted by key: nodes are then
+	// parsed from it (ParseNodesSorted), which is faster, and KVs may be
+	// nil (the key functions then build their map only when used).
+	Sorted []KVPair
+}
+
+// Map returns the pairs as a map: KVs, or one built from Sorted.
+func (in Input) Map() map[string]string {
+	if in.KVs != nil || in.Sorted == nil {
+		return in.KVs
+	}
+	m := make(map[string]string, len(in.Sorted))
+	for _, p := range in.Sorted {
+		m[p.Key] = p.Value
+	}
+	return m
 }
 
 // Template is one template text; Name (the file name) is used in errors.
@@ -195,7 +211,13 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	}
 	var out Output
 	for i, p := range r.opts.Prefixes {
-		nodes, problems := ParseNodes(p, in.KVs)
+		var nodes []Node
+		var problems []Problem
+		if in.Sorted != nil {
+			nodes, problems = ParseNodesSorted(p, in.Sorted)
+		} else {
+			nodes, problems = ParseNodes(p, in.KVs)
+		}
 		out.Services = append(out.Services, Service{Name: r.names[i], Prefix: p, Nodes: nodes})
 		out.Problems = append(out.Problems, problems...)
 	}
@@ -224,7 +246,11 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	data.Nodes = append([]Node(nil), out.Services[0].Nodes...)
 	data.Writer = out.Writer
 
-	cfg, err := r.execute(newKVStore(in.KVs), data)
+	store := newKVStore(in.KVs)
+	if in.KVs == nil && in.Sorted != nil {
+		store = newKVStoreSorted(in.Sorted)
+	}
+	cfg, err := r.execute(store, data)
 	if err != nil {
 		return Output{}, err
 	}

@@ -2,6 +2,8 @@ package render_test
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -185,4 +187,39 @@ func TestRenderConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// A snapshot given only as sorted pairs renders exactly as the same
+// snapshot given as a map, key functions included (their map is built on
+// first use).
+func TestSortedInputRendersLikeMap(t *testing.T) {
+	text := `{{ range .Nodes }}{{ .Name }} {{ .Addr }}{{ if .Weighted }} w{{ .Weight }}{{ end }}
+{{ end }}{{ getv "/components/galera/db2/ip" }} {{ getv "/nope" "dflt" }} {{ exists "/components/galera/db1" }}
+{{ range gets "/components/galera/db2/*" }}{{ .Key }}={{ .Value }} {{ end }}
+{{ range ls "/components/galera" }}{{ . }} {{ end }}{{ range lsdir "/components/galera" }}[{{ . }}]{{ end }}
+`
+	r, err := render.New(render.Options{Templates: []render.Template{{Name: "t", Text: text}}, Prefixes: []string{"/components/galera"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kvs := map[string]string{
+		"/components/galera/db1": "10.0.0.1:3306", "/components/galera/db2/ip": "10.0.0.2", "/components/galera/db2/weight": "3",
+		"/components/galera/db2-old": "10.0.0.9", "/elsewhere/x": "y",
+	}
+	var sorted []render.KVPair
+	for _, k := range slices.Sorted(maps.Keys(kvs)) {
+		sorted = append(sorted, render.KVPair{Key: k, Value: kvs[k]})
+	}
+	fromMap, err := r.Render(render.Input{KVs: kvs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromSorted, err := r.Render(render.Input{Sorted: sorted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(fromSorted.Config) != string(fromMap.Config) || !strings.Contains(string(fromMap.Config), "db2 10.0.0.2:3306 w3") ||
+		!strings.Contains(string(fromMap.Config), "10.0.0.2 dflt true") {
+		t.Errorf("from sorted pairs:\n%s\nfrom the map:\n%s", fromSorted.Config, fromMap.Config)
+	}
 }

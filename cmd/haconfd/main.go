@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -329,6 +330,9 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 	}
 	if timing {
 		fmt.Fprintf(stderr, "render_plan=%s\n", rev.RenderTime+time.Since(t0))
+		if err := benchWarm(stderr, rev); err != nil {
+			return &exitError{code: 2, err: err}
+		}
 	}
 	if !rev.Changed {
 		if format == "json" {
@@ -352,6 +356,28 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 		return err
 	}
 	return &exitError{code: 1}
+}
+
+// benchWarm renders and plans the same snapshot 5 more times in this
+// process and prints the median as render_plan_warm=<duration>: what a
+// running haconfd spends on a change (its templates parsed, its heap
+// grown), where render_plan= is a fresh process's first render.
+func benchWarm(stderr io.Writer, rev app.Review) error {
+	var ds []time.Duration
+	for range 5 {
+		t0 := time.Now()
+		out, err := rev.Rerender()
+		if err != nil {
+			return err
+		}
+		if _, err := haproxy.PlanChange(rev.Live, out.Config); err != nil {
+			return fmt.Errorf("plan: %w", err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	slices.Sort(ds)
+	_, err := fmt.Fprintf(stderr, "render_plan_warm=%s\n", ds[len(ds)/2])
+	return err
 }
 
 // peakRSS is VmHWM from /proc/self/status, in KiB (false where there is

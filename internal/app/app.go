@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -287,7 +289,9 @@ func (e *HoldError) Is(target error) bool { return target == ErrHeld }
 func (a *App) process(ctx context.Context, s watch.Snapshot) error {
 	start := time.Now()
 	a.update(func(st *Status) { st.LastAttempt = start })
-	out, err := a.rend.Render(render.Input{Revision: s.Revision, KVs: s.Map(), Writer: a.writer})
+	in := renderInput(s)
+	in.Writer = a.writer
+	out, err := a.rend.Render(in)
 	if m := a.opts.Metrics; m != nil {
 		m.RenderDuration.Observe(time.Since(start).Seconds())
 	}
@@ -510,4 +514,21 @@ func (a *App) logProblems(ps []render.Problem) {
 	}
 	a.problems = seen
 	a.update(func(st *Status) { st.SkippedNodes = names })
+}
+
+// renderInput is a snapshot as the renderer takes it: its pairs sorted
+// by key (nodes are parsed from them, and the template key functions build
+// a map only if a template uses them).
+func renderInput(s watch.Snapshot) render.Input {
+	// Snapshots are sorted by key; one that is not (hand-made) goes as a
+	// map.
+	if !slices.IsSortedFunc(s.KVs, func(a, b watch.KV) int { return strings.Compare(a.Key, b.Key) }) {
+		return render.Input{Revision: s.Revision, KVs: s.Map()}
+	}
+	in := render.Input{Revision: s.Revision}
+	in.Sorted = make([]render.KVPair, len(s.KVs))
+	for i, kv := range s.KVs {
+		in.Sorted[i] = render.KVPair{Key: kv.Key, Value: kv.Value}
+	}
+	return in
 }

@@ -42,8 +42,9 @@ func (c chanSource) Run(ctx context.Context, out chan<- watch.Snapshot) error {
 type kvRenderer struct{}
 
 func (kvRenderer) Render(in render.Input) (render.Output, error) {
-	keys := make([]string, 0, len(in.KVs))
-	for k := range in.KVs {
+	kvs := in.Map()
+	keys := make([]string, 0, len(kvs))
+	for k := range kvs {
 		if k == "bad" {
 			return render.Output{}, &render.TemplateError{File: "t.tmpl", Line: 3, Msg: "boom"}
 		}
@@ -53,7 +54,7 @@ func (kvRenderer) Render(in render.Input) (render.Output, error) {
 	var b strings.Builder
 	svc := render.Service{Name: "galera"}
 	for _, k := range keys {
-		fmt.Fprintf(&b, "server %s %s\n", k, in.KVs[k])
+		fmt.Fprintf(&b, "server %s %s\n", k, kvs[k])
 		svc.Nodes = append(svc.Nodes, render.Node{ID: k})
 	}
 	return render.Output{Config: []byte(b.String()), Services: []render.Service{svc}}, nil

@@ -31,7 +31,7 @@ type fleetGlue struct {
 	pub *fleet.Publisher
 	stg *fleet.Stagger // nil: --max-concurrent-reloads 0
 
-	input atomic.Pointer[map[string]string] // the watched keys of the render being applied
+	input atomic.Pointer[render.Input] // the watched keys of the render being applied
 
 	mu      sync.Mutex
 	sha     string // of the live config
@@ -93,8 +93,8 @@ func (g *fleetGlue) beforeReload(ctx context.Context, action haproxy.Action, cfg
 		return nil, nil
 	}
 	change := ""
-	if kvs := g.input.Load(); kvs != nil {
-		change = fleet.Digest(*kvs)
+	if in := g.input.Load(); in != nil {
+		change = fleet.Digest(in.Map())
 	}
 	rel, err := g.stg.Acquire(ctx, fleet.Attempt{
 		Action:       string(action),
@@ -123,8 +123,7 @@ type inputRenderer struct {
 }
 
 func (r inputRenderer) Render(in render.Input) (render.Output, error) {
-	kvs := in.KVs
-	r.g.input.Store(&kvs)
+	r.g.input.Store(&in)
 	return r.Renderer.Render(in)
 }
 

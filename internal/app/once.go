@@ -28,6 +28,9 @@ type Review struct {
 	Diff     string // unified diff Live → rendered
 	// RenderTime is how long rendering the snapshot took.
 	RenderTime time.Duration
+	// Rerender renders the same snapshot again with the same renderer, as
+	// a running haconfd renders each change (for make bench's warm rows).
+	Rerender func() (render.Output, error)
 }
 
 // RenderReview renders once, from fromFile (a saved snapshot) or from a
@@ -52,8 +55,9 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
+	in := renderInput(snap)
 	t0 := time.Now()
-	out, err := rend.Render(render.Input{Revision: snap.Revision, KVs: snap.Map()})
+	out, err := rend.Render(in)
 	renderTime := time.Since(t0)
 	if err != nil {
 		return Review{}, err
@@ -66,7 +70,8 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
-	r := Review{Output: out, Revision: snap.Revision, RenderTime: renderTime}
+	r := Review{Output: out, Revision: snap.Revision, RenderTime: renderTime,
+		Rerender: func() (render.Output, error) { return rend.Render(in) }}
 	live, err := os.ReadFile(cfg.Output)
 	switch {
 	case err == nil:
