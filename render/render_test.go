@@ -2,8 +2,6 @@ package render_test
 
 import (
 	"errors"
-	"maps"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -206,10 +204,7 @@ func TestSortedInputRendersLikeMap(t *testing.T) {
 		"/components/galera/db1": "10.0.0.1:3306", "/components/galera/db2/ip": "10.0.0.2", "/components/galera/db2/weight": "3",
 		"/components/galera/db2-old": "10.0.0.9", "/elsewhere/x": "y",
 	}
-	var sorted []render.KVPair
-	for _, k := range slices.Sorted(maps.Keys(kvs)) {
-		sorted = append(sorted, render.KVPair{Key: k, Value: kvs[k]})
-	}
+	sorted := sortedPairs(kvs)
 	fromMap, err := r.Render(render.Input{KVs: kvs})
 	if err != nil {
 		t.Fatal(err)
