@@ -549,75 +549,61 @@ func TestEtcdDownAtStart(t *testing.T) {
 	}
 }
 
+// etcd restarted under a running watch: the outage is reported with its
+// reason and the watch resumes when etcd is back. With the probe out of
+// the way (an hour apart) the lost connection still ends the watch by
+// itself, and the reason names the connection state.
 func TestEtcdRestartMidRun(t *testing.T) {
-	dir := t.TempDir()
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
-	url := srv.Endpoints()[0]
-	cli := newClient(t, []string{url})
-	put(t, cli, "/p/n1", "a")
+	for _, tc := range []struct {
+		name   string
+		probe  time.Duration
+		reason string // in the disconnected status's error
+	}{
+		{"probing", 100 * time.Millisecond, ""},
+		{"connection state only", time.Hour, "connection transient_failure"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
+			url := srv.Endpoints()[0]
+			cli := newClient(t, []string{url})
+			put(t, cli, "/p/n1", "a")
 
-	var rec statusRecorder
-	var logs syncBuffer
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
-	e := newEtcd(t, cli, Options{
-		Prefixes:   []string{"/p"},
-		MinBackoff: 10 * time.Millisecond,
-		MaxBackoff: 100 * time.Millisecond,
-		OnStatus:   rec.record,
-		Logger:     testLogger(&logs),
-	})
-	e.requestTimeout = 300 * time.Millisecond
-	e.probeInterval = 100 * time.Millisecond
-	out := run(t, e)
-	waitSnapshot(t, out, "/p/n1", hasKV("/p/n1", "a"))
-	rec.waitFor(t, true)
+			var rec statusRecorder
+			var logs syncBuffer
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("logs:\n%s", logs.String())
+				}
+			})
+			e := newEtcd(t, cli, Options{
+				Prefixes:   []string{"/p"},
+				MinBackoff: 10 * time.Millisecond,
+				MaxBackoff: 100 * time.Millisecond,
+				OnStatus:   rec.record,
+				Logger:     testLogger(&logs),
+			})
+			e.requestTimeout = 300 * time.Millisecond
+			e.probeInterval = tc.probe
+			out := run(t, e)
+			waitSnapshot(t, out, "/p/n1", hasKV("/p/n1", "a"))
+			rec.waitFor(t, true)
 
-	srv.Close()
-	st := rec.waitFor(t, false)
-	if st.Err == nil {
-		t.Errorf("disconnected status has no error: %+v", st)
+			srv.Close()
+			st := rec.waitFor(t, false)
+			if st.Err == nil || !strings.Contains(st.Err.Error(), tc.reason) {
+				t.Errorf("disconnected status = %+v, want an error naming %q", st, tc.reason)
+			}
+
+			etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
+			put(t, cli, "/p/n2", "b")
+			s := waitSnapshot(t, out, "/p/n2 after restart", hasKV("/p/n2", "b"))
+			if got := s.Map(); !reflect.DeepEqual(got, map[string]string{"/p/n1": "a", "/p/n2": "b"}) {
+				t.Errorf("after restart = %v", got)
+			}
+			rec.waitFor(t, true)
+		})
 	}
-
-	srv2 := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
-	_ = srv2
-	put(t, cli, "/p/n2", "b")
-	s := waitSnapshot(t, out, "/p/n2 after restart", hasKV("/p/n2", "b"))
-	if got := s.Map(); !reflect.DeepEqual(got, map[string]string{"/p/n1": "a", "/p/n2": "b"}) {
-		t.Errorf("after restart = %v", got)
-	}
-	rec.waitFor(t, true)
-}
-
-// A lost connection ends the watch by itself: with the probe out of the
-// way (an hour apart), the outage is still reported, naming the
-// connection state, and the watch resumes when etcd is back.
-func TestConnectionLossSeenWithoutProbe(t *testing.T) {
-	dir := t.TempDir()
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
-	url := srv.Endpoints()[0]
-	cli := newClient(t, []string{url})
-	put(t, cli, "/p/n1", "a")
-	var rec statusRecorder
-	e := newEtcd(t, cli, Options{Prefixes: []string{"/p"}, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, OnStatus: rec.record})
-	e.requestTimeout = 300 * time.Millisecond
-	e.probeInterval = time.Hour
-	out := run(t, e)
-	waitSnapshot(t, out, "/p/n1", hasKV("/p/n1", "a"))
-	rec.waitFor(t, true)
-
-	srv.Close()
-	st := rec.waitFor(t, false)
-	if st.Err == nil || !strings.Contains(st.Err.Error(), "connection transient_failure") {
-		t.Errorf("disconnected status = %+v, want the connection state as the reason", st)
-	}
-	etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
-	put(t, cli, "/p/n2", "b")
-	waitSnapshot(t, out, "/p/n2 after restart", hasKV("/p/n2", "b"))
-	rec.waitFor(t, true)
 }
 
 func TestRunStopsWhileSending(t *testing.T) {
