@@ -22,7 +22,7 @@ func TestNodesAppearAndVanish(t *testing.T) {
 	bs := backends(t, "db", 3)
 	e.putNode("db1", bs[0])
 	e.putNode("db2", bs[1])
-	p := e.run()
+	p := e.run("--max-remove", "1") // guards are TestGuards' business
 
 	e.eventually("db1 and db2 serve", func(m map[string]int) bool { return m["db1"] > 0 && m["db2"] > 0 && m["error"] == 0 })
 	if pids := e.haproxyPIDs(); len(pids) != 1 {

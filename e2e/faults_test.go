@@ -62,7 +62,7 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 	e.eventually("db1 and db2 serve", func(m map[string]int) bool { return m["db1"] > 0 && m["db2"] > 0 && m["error"] == 0 })
 	p.waitLog("config live")
 	cfg, pids := e.live(), e.haproxyPIDs()
-	applies := strings.Count(p.Log(), "config live")
+	applies := countApplies(p.Log())
 
 	load := startLoad(e.front, 4)
 	down := time.Now()
@@ -97,7 +97,7 @@ func TestEtcdOutageKeepsServing(t *testing.T) {
 	if got := e.haproxyPIDs(); !slices.Equal(got, pids) {
 		t.Fatalf("haproxy pids %v after a resync with no difference, were %v", got, pids)
 	}
-	if n := strings.Count(p.Log(), "config live"); n != applies || e.live() != cfg {
+	if n := countApplies(p.Log()); n != applies || e.live() != cfg {
 		t.Fatalf("a resync with no difference applied a config (%d applies, were %d)", n, applies)
 	}
 
@@ -153,7 +153,7 @@ func TestChangesWhileAwayAreResynced(t *testing.T) {
 		t.Fatalf("%d client connections failed during the etcd outage", failed)
 	}
 
-	applies := strings.Count(p.Log(), "config live")
+	applies := countApplies(p.Log())
 	load = startLoad(e.front, 4)
 	back := time.Now()
 	e.restartEtcd(dir, url)
@@ -168,7 +168,7 @@ func TestChangesWhileAwayAreResynced(t *testing.T) {
 	if strings.Contains(live, " db1 ") || !strings.Contains(live, " db3 ") {
 		t.Fatalf("live config after the resync:\n%s", live)
 	}
-	if n := strings.Count(p.Log(), "config live") - applies; n != 1 {
+	if n := countApplies(p.Log()) - applies; n != 1 {
 		t.Errorf("the resync applied %d times, want once", n)
 	}
 	if failed > 0 {

@@ -371,3 +371,9 @@ func get(t *testing.T, addr, path string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// applies counts the changes haconfd made live: its "config live" lines
+// at info level (a revision that changed nothing logs at debug).
+func countApplies(log string) int {
+	return strings.Count(log, `level=INFO msg="config live"`)
+}

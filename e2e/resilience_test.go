@@ -21,26 +21,23 @@ import (
 	"github.com/haconfd/haconfd/internal/testbed"
 )
 
-// Guards: a render that would leave a section with fewer than
-// --min-servers servers is held (live config unchanged, visible in
-// /status and /readyz, counted in /metrics) until servers return; one
-// that removes more than --max-remove of them at once is held until it
-// has stayed the same for --guard-hold.
-func TestGuardsHoldRenders(t *testing.T) {
+// Guards hold single servers, never a render: when more than
+// --max-remove of a section's servers leave within --guard-hold, the
+// removals beyond the share are held (the servers stay configured) and
+// released after --guard-hold; every other change goes live meanwhile.
+// The last server of a section is kept (--min-servers), not released by
+// time, until another one is back.
+func TestGuardsHoldServers(t *testing.T) {
 	e := newEnv(t)
-	bs := backends(t, "db", 4)
-	for i, b := range bs {
+	bs := backends(t, "db", 5)
+	for i, b := range bs[:4] {
 		e.putNode(fmt.Sprintf("db%d", i+1), b)
 	}
 	p := e.run("--max-remove", "0.5", "--guard-hold", "1500ms")
 	addr := p.httpAddr()
 	e.eventually("4 nodes serve", func(m map[string]int) bool { return len(m) == 4 && m["error"] == 0 })
-	if err := testbed.Poll(10*time.Second, 20*time.Millisecond, func() bool { c, _ := get(t, addr, "/readyz"); return c == 200 }); err != nil {
-		t.Fatalf("/readyz never 200")
-	}
 
-	// 3 of 4 removed at once: held, then released after --guard-hold.
-	good := e.live()
+	// 3 of 4 removed at once: 2 go, db4 is held.
 	if _, err := e.cli.Txn(context.Background()).Then(
 		clientv3.OpDelete(prefix+"/db2/", clientv3.WithPrefix()),
 		clientv3.OpDelete(prefix+"/db3/", clientv3.WithPrefix()),
@@ -49,41 +46,58 @@ func TestGuardsHoldRenders(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLog("more than --max-remove 0.5")
-	if e.live() != good {
-		t.Fatalf("live config changed while the render was held")
-	}
-	code, body := get(t, addr, "/readyz")
-	if code != 503 || !strings.Contains(body, "held") {
-		t.Fatalf("/readyz while held: %d %s", code, body)
-	}
+	e.eventually("db2 and db3 gone, db4 held", func(m map[string]int) bool {
+		return m["db2"] == 0 && m["db3"] == 0 && m["db1"] > 0 && m["db4"] > 0 && m["error"] == 0
+	})
 	var st struct {
-		Held  string `json:"held"`
-		Holds int    `json:"holds"`
+		Held        string `json:"held"`
+		Holds       int    `json:"holds"`
+		HeldServers []struct {
+			Section, Server, Guard, Reason string
+		} `json:"held_servers"`
 	}
-	_, body = get(t, addr, "/status")
-	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Held == "" || st.Holds < 1 {
+	_, body := get(t, addr, "/status")
+	if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.HeldServers) != 1 || st.HeldServers[0].Server != "db4" ||
+		st.HeldServers[0].Guard != "max_remove" || st.Holds < 1 {
 		t.Fatalf("/status while held: %v %s", err, body)
 	}
-	p.waitLog("held render released")
-	e.eventually("only db1 after the hold", func(m map[string]int) bool { return m["db1"] == 12 })
-
-	// The last server gone: held, and not released by time.
-	e.del(prefix+"/db1/", clientv3.WithPrefix())
-	p.waitLog("fewer than --min-servers 1")
-	left := e.live()
-	time.Sleep(2 * time.Second) // longer than --guard-hold: must stay held
-	if e.live() != left || !strings.Contains(left, "server db1 ") {
-		t.Fatalf("an empty section went live:\n%s", e.live())
+	if err := testbed.Poll(10*time.Second, 20*time.Millisecond, func() bool {
+		code, body := get(t, addr, "/readyz")
+		return code == 200 && strings.Contains(body, "galera/db4")
+	}); err != nil {
+		code, body := get(t, addr, "/readyz")
+		t.Fatalf("/readyz while db4 is held: %d %s", code, body)
 	}
-	e.eventually("still served by db1", func(m map[string]int) bool { return m["db1"] == 12 })
+	if !strings.Contains(e.live(), "server db4 ") {
+		t.Fatalf("held server not in the live file:\n%s", e.live())
+	}
+	// An add goes live during the hold.
+	e.putNode("db5", bs[4])
+	e.eventually("db5 served during the hold", func(m map[string]int) bool { return m["db5"] > 0 })
+	p.waitLog("held server released")
+	e.eventually("db4 gone after --guard-hold", func(m map[string]int) bool { return m["db4"] == 0 && m["db1"] > 0 && m["db5"] > 0 && m["error"] == 0 })
+
+	// The last servers gone: one is kept, and not released by time.
+	if _, err := e.cli.Txn(context.Background()).Then(
+		clientv3.OpDelete(prefix+"/db1/", clientv3.WithPrefix()),
+		clientv3.OpDelete(prefix+"/db5/", clientv3.WithPrefix()),
+	).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("fewer than --min-servers 1")
+	time.Sleep(2 * time.Second) // longer than --guard-hold: must stay held
+	if live := e.live(); !strings.Contains(live, "server db1 ") && !strings.Contains(live, "server db5 ") {
+		t.Fatalf("an empty section went live:\n%s", live)
+	}
+	e.eventually("still served", func(m map[string]int) bool { return m["db1"]+m["db5"] == 12 })
 	_, metrics := get(t, addr, "/metrics")
-	for _, want := range []string{`haconfd_guard_holds_total{guard="max_remove"} 1`, `haconfd_guard_holds_total{guard="min_servers"} 1`} {
+	for _, want := range []string{`haconfd_guard_holds_total{guard="max_remove"}`, `haconfd_guard_holds_total{guard="min_servers"}`, `haconfd_held_servers{guard="min_servers",section="galera"} 1`} {
 		if !strings.Contains(metrics, want) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
 	}
 	e.putNode("db2", bs[1])
-	e.eventually("db2 back", func(m map[string]int) bool { return m["db2"] == 12 })
+	e.eventually("db2 back, the kept one released", func(m map[string]int) bool { return m["db2"] == 12 })
 }
 
 // /healthz, /readyz, /status and /metrics answer with what haconfd did.
@@ -117,7 +131,8 @@ func TestHealthAndMetrics(t *testing.T) {
 	_, metrics := get(t, addr, "/metrics")
 	for _, want := range []string{
 		`haconfd_applies_total{method="start",result="ok"} 1`,
-		`haconfd_reloads_total 1`,
+		`haconfd_starts_total 1`,
+		`haconfd_reloads_total 0`,
 		`haconfd_etcd_connected 1`,
 		fmt.Sprintf("haconfd_last_applied_revision %d", st.Applied),
 		`haconfd_servers{section="galera",state="unknown"} 2`,
@@ -181,13 +196,13 @@ func TestBurstOfChanges(t *testing.T) {
 	e.putNode("db1", bs[0])
 	p := e.run("--wait", "300ms:5s")
 	e.eventually("serving", func(m map[string]int) bool { return m["db1"] == 12 })
-	before := strings.Count(p.Log(), `msg="config live"`)
+	before := countApplies(p.Log())
 	for i := 0; i < 200; i++ {
 		e.put(fmt.Sprintf("%s/s%03d", prefix, i), fmt.Sprintf("10.9.%d.%d:3306", i/250, i%250+1))
 	}
 	waitFile(t, e.cfgPath, "server s199 10.9.0.200:3306")
 	e.eventually("still serving", func(m map[string]int) bool { return m["db1"] > 0 && m["error"] == 0 })
-	applies := strings.Count(p.Log(), `msg="config live"`) - before
+	applies := countApplies(p.Log()) - before
 	t.Logf("200 changes → %d applies", applies)
 	if applies > 2 {
 		t.Fatalf("200 changes caused %d applies, want at most 2", applies)

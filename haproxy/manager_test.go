@@ -100,7 +100,7 @@ func TestCheck(t *testing.T) {
 // TestApplyLifecycle runs one HAProxy through start, no-op, reload, and the
 // failures that must leave it serving.
 func TestApplyLifecycle(t *testing.T) {
-	s := newSite(t, func(o *Options) { o.Mode = ModeReload }) // server changes reload here
+	s := newSite(t, nil)
 	beA, beB := startBackend(t, "a"), startBackend(t, "b")
 	port := freePort(t)
 	cfgA := s.config("", listenSpec{"db", port, []backend{beA}})
@@ -124,7 +124,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if res.Action != ActionStart || res.PID == 0 || res.RolledBack || len(res.OldPIDs) != 0 {
 			t.Fatalf("result = %+v, want a start", res)
 		}
-		if pids := s.m.PIDs(); !slices.Equal(pids, []int{res.PID}) {
+		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{res.PID}) {
 			t.Errorf("PIDs = %v, want [%d]", pids, res.PID)
 		}
 		info, err := ShowInfo(ctx, s.sock)
@@ -144,7 +144,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if res.Action != ActionNone || res.PID != servingPID {
 			t.Fatalf("result = %+v, want none with pid %d", res, servingPID)
 		}
-		if pids := s.m.PIDs(); !slices.Equal(pids, []int{servingPID}) {
+		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{servingPID}) {
 			t.Errorf("PIDs = %v, want [%d]", pids, servingPID)
 		}
 	})
@@ -160,9 +160,6 @@ func TestApplyLifecycle(t *testing.T) {
 		mustServe(t, "b")
 		if bak := readFile(t, s.cfg+".bak"); !bytes.Equal(bak, cfgA) {
 			t.Errorf(".bak does not hold the previous config")
-		}
-		if !bytes.Equal(s.m.LastGood(), cfgB) {
-			t.Errorf("LastGood is not the new config")
 		}
 		old := servingPID
 		eventually(t, 15*time.Second, "old pid to exit", func() bool { return !alive(old) })
@@ -184,7 +181,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if !bytes.Equal(readFile(t, s.cfg), cfgB) {
 			t.Error("live file changed")
 		}
-		if pids := s.m.PIDs(); !slices.Equal(pids, []int{servingPID}) {
+		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{servingPID}) {
 			t.Errorf("PIDs = %v, want [%d]", pids, servingPID)
 		}
 		if left := stageLeftovers(t, s.dir); len(left) > 0 {
@@ -233,7 +230,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if !bytes.Equal(readFile(t, s.cfg), cfgB) {
 			t.Error("live file changed")
 		}
-		if pids := s.m.PIDs(); !slices.Equal(pids, []int{servingPID}) {
+		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{servingPID}) {
 			t.Errorf("PIDs = %v, want [%d]", pids, servingPID)
 		}
 		if failed.Load() != 0 {
@@ -267,7 +264,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if ierr != nil || info["Pid"] != strconv.Itoa(res.PID) || info["Stopping"] == "1" {
 			t.Fatalf("after rollback ShowInfo = %v, %v; want pid %d serving", info, ierr, res.PID)
 		}
-		if pids := s.m.PIDs(); !slices.Equal(pids, []int{res.PID}) {
+		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{res.PID}) {
 			t.Errorf("PIDs after rollback = %v, want [%d]", pids, res.PID)
 		}
 		t.Logf("rolled back in %v: old pid %d, serving pid %d: %v", res.Duration, servingPID, res.PID, err)
@@ -286,7 +283,7 @@ func TestApplyLifecycle(t *testing.T) {
 		if err := s.m.Stop(ctx); err != nil {
 			t.Fatalf("Stop = %v", err)
 		}
-		if pids := s.m.PIDs(); len(pids) != 0 {
+		if pids := s.m.Process(t.Context()).PIDs; len(pids) != 0 {
 			t.Errorf("PIDs after Stop = %v", pids)
 		}
 		if _, err := dial(port); err == nil {
@@ -315,7 +312,7 @@ func TestApplyFirstStartFailureRemovesFile(t *testing.T) {
 	if _, err := os.Stat(s.cfg); !os.IsNotExist(err) {
 		t.Errorf("a config that never ran is still live: %v", err)
 	}
-	if pids := s.m.PIDs(); len(pids) != 0 {
+	if pids := s.m.Process(t.Context()).PIDs; len(pids) != 0 {
 		t.Errorf("PIDs = %v", pids)
 	}
 }
@@ -372,22 +369,21 @@ func TestApplyReloadCmd(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := fmt.Sprintf(`exec %s -D -p %s -f "$HACONFD_CONFIG" -x %s -sf $(cat %s)`, haproxyBin, pidFile, sock, pidFile)
-	m, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: cmd, Mode: ModeReload, Settle: 50 * time.Millisecond, Timeout: 10 * time.Second})
+	m, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: cmd, Settle: 50 * time.Millisecond, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	oldPID := helper.m.PIDs()[0]
+	oldPID := helper.m.Process(t.Context()).PIDs[0]
 	res, err := m.Apply(t.Context(), append(slices.Clone(first), "# changed\n"...))
 	if err != nil || res.Action != ActionReload || res.PID == oldPID || res.PID == 0 {
 		t.Fatalf("Apply via ReloadCmd = %+v, %v", res, err)
 	}
-	helper.m.remember(res.PID)
 	if got, err := dial(port); err != nil || got != "a" {
 		t.Fatalf("client = %q, %v", got, err)
 	}
 
 	// A failing reload command: rolled back, the file restored.
-	bad, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: "echo '[ALERT]    (1) : reload broke' >&2; exit 3", Mode: ModeReload, Settle: 50 * time.Millisecond, Timeout: 2 * time.Second})
+	bad, err := New(Options{Bin: haproxyBin, ConfigPath: filepath.Join(dir, "h.cfg"), Socket: sock, ReloadCmd: "echo '[ALERT]    (1) : reload broke' >&2; exit 3", Settle: 50 * time.Millisecond, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +404,7 @@ func TestApplyReloadCmd(t *testing.T) {
 // TestReloadUnderLoad: 4 clients connect in a loop through HAProxy while it
 // is reloaded 10 times; no connection may fail.
 func TestReloadUnderLoad(t *testing.T) {
-	s := newSite(t, func(o *Options) { o.Logger = nil; o.Mode = ModeReload })
+	s := newSite(t, func(o *Options) { o.Logger = nil })
 	beA, beB := startBackend(t, "a"), startBackend(t, "b")
 	port := freePort(t)
 	cfg := func(i int) []byte {
@@ -485,7 +481,7 @@ func TestRollbackKeepsServingOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldPID := res.PID
-	old := s.m.state(t.Context())
+	old := s.m.ctl.state(t.Context())
 
 	// A stray process standing for a failed new HAProxy, listed in the pidfile.
 	stray := exec.Command("sleep", "60")
@@ -515,7 +511,7 @@ func TestRollbackKeepsServingOld(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("failed process not terminated")
 	}
-	if pids := s.m.PIDs(); !slices.Equal(pids, []int{oldPID}) {
+	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{oldPID}) {
 		t.Errorf("PIDs = %v, want [%d]", pids, oldPID)
 	}
 	if !bytes.Equal(readFile(t, s.cfg), good) {

@@ -48,8 +48,6 @@ func TestNewSuperviseOptions(t *testing.T) {
 		{"no master socket", Options{Bin: haproxyBin, ConfigPath: cfg, Supervise: true}, "option MasterSocket: required with Supervise"},
 		{"master socket alone", Options{Bin: haproxyBin, ConfigPath: cfg, MasterSocket: filepath.Join(dir, "m.sock")}, "option MasterSocket: only with Supervise"},
 		{"with reload cmd", Options{Bin: haproxyBin, ConfigPath: cfg, Supervise: true, MasterSocket: filepath.Join(dir, "m.sock"), ReloadCmd: "true"}, "option ReloadCmd: not with Supervise"},
-		{"bad mode", Options{Bin: haproxyBin, ConfigPath: cfg, Mode: "fast"}, `option Mode "fast": must be auto, runtime or reload`},
-		{"negative drain", Options{Bin: haproxyBin, ConfigPath: cfg, DrainTimeout: -1}, "option DrainTimeout"},
 		{"state file dir", Options{Bin: haproxyBin, ConfigPath: cfg, StateFile: "/nonexistent/state"}, "option StateFile"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,7 +58,7 @@ func TestNewSuperviseOptions(t *testing.T) {
 		})
 	}
 	m, err := New(Options{Bin: haproxyBin, ConfigPath: cfg})
-	if err != nil || m.opts.Mode != ModeAuto || m.opts.DrainTimeout != DefaultDrainTimeout {
+	if err != nil || m.opts.Settle != 200*time.Millisecond || m.opts.StopGrace != 5*time.Second {
 		t.Fatalf("defaults: %+v, %v", m, err)
 	}
 }
@@ -80,12 +78,12 @@ func TestSupervise(t *testing.T) {
 	if got, err := dial(front); err != nil || got != "a" {
 		t.Fatalf("client = %q, %v", got, err)
 	}
-	masterPID := s.m.master.pid
+	masterPID := s.m.ctl.(*masterProc).masterPID()
 
 	t.Run("runtime change keeps the worker", func(t *testing.T) {
-		res := mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), ActionRuntime)
-		if res.PID != worker {
-			t.Fatalf("result = %+v, want worker %d", res, worker)
+		applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), time.Second)
+		if p := s.m.Process(t.Context()); p.PID != worker {
+			t.Fatalf("process = %+v, want worker %d", p, worker)
 		}
 		seenWithin(t, front, "b", 5*time.Second)
 	})
@@ -98,7 +96,7 @@ func TestSupervise(t *testing.T) {
 		if res.PID == worker || res.PID == 0 {
 			t.Fatalf("result = %+v, want a new worker", res)
 		}
-		pi, err := s.m.showProc(ctx)
+		pi, err := s.m.ctl.(*masterProc).showProc(ctx)
 		if err != nil || pi.masterPID != masterPID || !slices.Equal(pi.workers, []int{res.PID}) || pi.failed != 0 {
 			t.Fatalf("show proc = %+v, %v; want master %d with worker %d", pi, err, masterPID, res.PID)
 		}
@@ -125,12 +123,12 @@ func TestSupervise(t *testing.T) {
 	})
 
 	t.Run("master killed: restarted", func(t *testing.T) {
-		old := s.m.master.pid
+		old := s.m.ctl.(*masterProc).masterPID()
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, 10*time.Second, "a new master with a worker", func() bool {
-			pi, err := s.m.showProc(ctx)
+			pi, err := s.m.ctl.(*masterProc).showProc(ctx)
 			return err == nil && pi.masterPID != old && len(pi.workers) == 1
 		})
 		eventually(t, 10*time.Second, "clients served", func() bool {
@@ -142,9 +140,9 @@ func TestSupervise(t *testing.T) {
 		if bytes.Equal(next, cur) {
 			t.Fatal("test setup: no server b line")
 		}
-		res := mustApply(t, s, next, ActionRuntime)
-		if res.Commands == 0 {
-			t.Errorf("result = %+v", res)
+		res := applyFast(t, s, next, time.Second)
+		if res.commands == 0 {
+			t.Errorf("plan = %+v", res.plan)
 		}
 	})
 

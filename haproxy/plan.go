@@ -41,7 +41,10 @@ type ServerOp struct {
 	Disabled bool   `json:"disabled"`         // the server is disabled (MAINT) after the op
 	// PrevDisabled: the server was disabled before (update, slots).
 	PrevDisabled bool `json:"prev_disabled,omitempty"`
-	Check        bool `json:"check"` // the server has health checks
+	// PrevDrain: the server was draining (set by hand, or a removal that
+	// is undone); an enabled server leaves drain.
+	PrevDrain bool `json:"prev_drain,omitempty"`
+	Check     bool `json:"check"` // the server has health checks
 	// Line is the rendered server line; for OpAdd, AddArgs is what follows
 	// "add server B/S": the address and the server's options with the
 	// section's and the defaults' default-server options expanded (dynamic
@@ -165,61 +168,96 @@ func PlanChange(prev, next []byte) (Plan, error) {
 // several commands joined with ';' (HAProxy runs them in order, in one
 // round trip); a waitPrefix line is a drain wait.
 func (op ServerOp) steps() []string {
+	now, wait, after := op.split()
+	if !wait {
+		return now
+	}
 	id := op.Backend + "/" + op.Server
-	ready := "set server " + id + " state ready"
-	if op.Check {
-		// Leaving MAINT, a server takes traffic at once, before any check:
-		// forcing it DOWN in the same line keeps it out until rise checks pass.
-		ready += ";set server " + id + " health down"
-	}
+	out := append(now, waitPrefix+id+" has no sessions (at most the drain timeout, then: shutdown sessions server "+id+")")
+	return append(out, after...)
+}
+
+// Line is what the fast lane sends at once for op: its commands up to a
+// drain wait, joined with ';' into one round trip ("" when none).
+func (op ServerOp) NowLine() string {
+	now, _, _ := op.split()
+	return strings.Join(now, ";")
+}
+
+// Drains reports whether op waits for the server's sessions to end
+// (removals and freed slots); the rest (AfterDrain) then runs in the
+// background.
+func (op ServerOp) Drains() bool {
+	_, wait, _ := op.split()
+	return wait
+}
+
+// AfterDrain are the commands sent once a draining server has no
+// sessions left (or the drain timeout ended them): maint, then del
+// server or the slot's placeholder address.
+func (op ServerOp) AfterDrain() []string {
+	_, _, after := op.split()
+	return after
+}
+
+// split returns the commands sent at once, whether a drain wait follows,
+// and the commands after it.
+func (op ServerOp) split() (now []string, wait bool, after []string) {
+	id := op.Backend + "/" + op.Server
 	addr := fmt.Sprintf("set server %s addr %s port %d", id, op.Addr, op.Port)
-	drain := []string{
-		"set server " + id + " state drain",
-		waitPrefix + id + " has no sessions (at most the drain timeout, then: shutdown sessions server " + id + ")",
-		"set server " + id + " state maint",
+	weight := func() []string {
+		if op.Weight == nil {
+			return nil
+		}
+		return []string{fmt.Sprintf("set server %s weight %d", id, *op.Weight)}
 	}
-	var out []string
 	switch op.Kind {
 	case OpAdd:
-		out = append(out, "add server "+id+" "+op.AddArgs)
+		now = append(now, "add server "+id+" "+op.AddArgs)
 		if op.Check {
-			out = append(out, "enable health "+id)
+			now = append(now, "enable health "+id)
 		}
 		if !op.Disabled {
-			out = append(out, ready)
+			now = append(now, op.readyLine(id, true))
 		}
 	case OpRemove:
-		out = append(drain, "del server "+id)
+		now = []string{"set server " + id + " state drain"}
+		return now, true, []string{"set server " + id + " state maint", "del server " + id}
 	case OpFreeSlot:
-		out = append(drain, addr)
-		if op.Weight != nil {
-			out = append(out, fmt.Sprintf("set server %s weight %d", id, *op.Weight))
-		}
+		now = []string{"set server " + id + " state drain"}
+		after = append([]string{"set server " + id + " state maint", addr}, weight()...)
+		return now, true, after
 	case OpFillSlot:
-		out = append(out, addr)
-		if op.Weight != nil {
-			out = append(out, fmt.Sprintf("set server %s weight %d", id, *op.Weight))
-		}
-		out = append(out, ready)
+		now = append(append([]string{addr}, weight()...), op.readyLine(id, true))
 	case OpUpdate:
 		moved := op.Addr != op.PrevAddr || op.Port != op.PrevPort
 		wasDisabled := op.PrevDisabled
 		switch {
 		case moved && !wasDisabled:
-			out = append(out, "set server "+id+" state maint", addr)
+			now = append(now, "set server "+id+" state maint", addr)
 		case moved:
-			out = append(out, addr)
+			now = append(now, addr)
 		case !wasDisabled && op.Disabled:
-			out = append(out, "set server "+id+" state maint")
+			now = append(now, "set server "+id+" state maint")
 		}
-		if op.Weight != nil {
-			out = append(out, fmt.Sprintf("set server %s weight %d", id, *op.Weight))
-		}
-		if !op.Disabled && (moved || wasDisabled) {
-			out = append(out, ready)
+		now = append(now, weight()...)
+		if !op.Disabled && (moved || wasDisabled || op.PrevDrain) {
+			now = append(now, op.readyLine(id, moved || wasDisabled))
 		}
 	}
-	return out
+	return now, false, nil
+}
+
+// readyLine takes a server out of maintenance or drain. Leaving MAINT, a
+// server takes traffic at once, before any check: with checks (and
+// fromMaint) forcing it DOWN in the same line keeps it out until rise
+// checks pass.
+func (op ServerOp) readyLine(id string, fromMaint bool) string {
+	line := "set server " + id + " state ready"
+	if op.Check && fromMaint {
+		line += ";set server " + id + " health down"
+	}
+	return line
 }
 
 // ---- config model ----

@@ -38,27 +38,34 @@ const drainPoll = 10 * time.Millisecond
 // counts connections on a server in MAINT.
 const delRetry = time.Second
 
-// runtimeAPI sends commands to the stats socket through client-native's
-// runtime client, which prefixes each line with "set severity-output
-// number" so that every reply line carries its severity.
-type runtimeAPI struct {
+// Runtime is a client of HAProxy's runtime API (the admin stats socket),
+// through client-native's runtime client, which prefixes each line with
+// "set severity-output number" so that every reply line carries its
+// severity. Every reply is parsed: HAProxy answers in text even on
+// failure. It is safe for concurrent use (one connection per command).
+type Runtime struct {
 	rt     *runtime.SingleRuntime
 	socket string
 	log    *slog.Logger
 }
 
-func newRuntimeAPI(socket string, log *slog.Logger) (*runtimeAPI, error) {
+// NewRuntime returns a client of the stats socket at socket; it does not
+// connect until a command is sent.
+func NewRuntime(socket string, log *slog.Logger) (*Runtime, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	rt := &runtime.SingleRuntime{}
 	if err := rt.Init(socket, 0, 0, options.RuntimeOptions{DoNotCheckRuntimeOnInit: true}); err != nil {
 		return nil, fmt.Errorf("runtime API on %s: %w", socket, err)
 	}
-	return &runtimeAPI{rt: rt, socket: socket, log: log}, nil
+	return &Runtime{rt: rt, socket: socket, log: log}, nil
 }
 
-// exec sends one line (commands joined with ';' run in order) and parses
-// the reply: HAProxy answers in text even on failure, so any reply line
-// with severity 0-3 makes a *RuntimeError.
-func (r *runtimeAPI) exec(line string) (string, error) {
+// Exec sends one line (commands joined with ';' run in order, in one
+// round trip) and parses the reply: any reply line with severity 0-3
+// makes a *RuntimeError.
+func (r *Runtime) Exec(line string) (string, error) {
 	reply, err := r.rt.ExecuteRaw(line)
 	if err != nil {
 		return "", fmt.Errorf("runtime API %q on %s: %w", line, r.socket, err)
@@ -80,9 +87,9 @@ func replyError(reply string) (string, bool) {
 	return "", false
 }
 
-// sessions returns the current session count (show stat "scur") of one server.
-func (r *runtimeAPI) sessions(backend, server string) (int, error) {
-	reply, err := r.exec("show stat " + backend + " 4 -1")
+// Sessions returns the current session count (show stat "scur") of one server.
+func (r *Runtime) Sessions(backend, server string) (int, error) {
+	reply, err := r.Exec("show stat " + backend + " 4 -1")
 	if err != nil {
 		return 0, err
 	}
@@ -112,39 +119,124 @@ func (r *runtimeAPI) sessions(backend, server string) (int, error) {
 	return 0, &RuntimeError{Command: "show stat " + backend + " 4 -1", Reply: "no line for server " + server}
 }
 
-// drain waits until backend/server has no sessions, at most timeout (or
-// until ctx ends), then ends the remaining ones with "shutdown sessions".
-func (r *runtimeAPI) drain(ctx context.Context, backend, server string, timeout time.Duration) error {
+// ServersState reads "show servers state": every server of the running
+// HAProxy.
+func (r *Runtime) ServersState() (LiveState, error) {
+	reply, err := r.Exec("show servers state")
+	if err != nil {
+		return nil, err
+	}
+	return ParseServersState(reply)
+}
+
+// Info reads "show info" (Pid, Uptime_sec, Stopping, Version, ...).
+func (r *Runtime) Info() (map[string]string, error) {
+	reply, err := r.Exec("show info")
+	if err != nil {
+		return nil, err
+	}
+	info := make(map[string]string)
+	for _, l := range strings.Split(reply, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if ok && k != "" && !strings.ContainsAny(k, " \t") {
+			info[k] = strings.TrimSpace(v)
+		}
+	}
+	if _, ok := info["Pid"]; !ok {
+		return nil, fmt.Errorf("show info on %s: unexpected reply: %q", r.socket, firstLine(strings.TrimSpace(reply)))
+	}
+	return info, nil
+}
+
+// Send sends what op does at once (op.NowLine) in one round trip.
+func (r *Runtime) Send(op ServerOp) error {
+	line := op.NowLine()
+	if line == "" {
+		return nil
+	}
+	_, err := r.Exec(line)
+	return err
+}
+
+// FinishDrain completes a removal or a freed slot that Send started
+// (the server is draining): it waits until the server has no sessions,
+// at most timeout, then ends the remaining ones with "shutdown sessions",
+// and sends op.AfterDrain (maint, then del server or the placeholder
+// address). A ctx canceled while waiting returns ctx's error with the
+// server left draining; HAProxy no longer knowing the server (a reload
+// dropped it) ends the drain without error.
+func (r *Runtime) FinishDrain(ctx context.Context, op ServerOp, timeout time.Duration) error {
+	if err := r.drain(ctx, op.Backend, op.Server, timeout); err != nil {
+		if gone(err) {
+			return nil
+		}
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, step := range op.AfterDrain() {
+		var err error
+		if strings.HasPrefix(step, "del server ") {
+			err = r.del(op.Backend, op.Server)
+		} else {
+			_, err = r.Exec(step)
+		}
+		if err != nil {
+			if gone(err) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// gone reports whether err says HAProxy has no such backend or server.
+func gone(err error) bool {
+	var re *RuntimeError
+	if !errors.As(err, &re) {
+		return false
+	}
+	m := strings.ToLower(re.Reply)
+	return strings.Contains(m, "no such server") || strings.Contains(m, "no such backend") || strings.Contains(m, "no line for server")
+}
+
+// drain waits until backend/server has no sessions, at most timeout, then
+// ends the remaining ones with "shutdown sessions". ctx ending stops the
+// wait with its error.
+func (r *Runtime) drain(ctx context.Context, backend, server string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		n, err := r.sessions(backend, server)
+		n, err := r.Sessions(backend, server)
 		if err != nil {
 			return err
 		}
 		if n == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if time.Now().After(deadline) {
 			r.log.Info("drain timeout: shutting down sessions", "backend", backend, "server", server, "sessions", n, "drain_timeout", timeout)
-			_, err := r.exec("shutdown sessions server " + backend + "/" + server)
+			_, err := r.Exec("shutdown sessions server " + backend + "/" + server)
 			return err
 		}
 		t := time.NewTimer(drainPoll)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
 		}
-		t.Stop()
 	}
 }
 
 // del deletes a server in MAINT, retrying briefly while HAProxy still
 // counts connections on it.
-func (r *runtimeAPI) del(backend, server string) error {
+func (r *Runtime) del(backend, server string) error {
 	id := backend + "/" + server
 	deadline := time.Now().Add(delRetry)
 	for {
-		_, err := r.exec("del server " + id)
+		_, err := r.Exec("del server " + id)
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
@@ -152,38 +244,11 @@ func (r *runtimeAPI) del(backend, server string) error {
 		if !errors.As(err, &re) || !strings.Contains(re.Reply, "connection") {
 			return err
 		}
-		if _, err := r.exec("shutdown sessions server " + id); err != nil {
+		if _, err := r.Exec("shutdown sessions server " + id); err != nil {
 			return err
 		}
 		time.Sleep(drainPoll)
 	}
-}
-
-// runOps applies ops in order and returns how many commands were sent.
-// It stops at the first refusal.
-func (r *runtimeAPI) runOps(ctx context.Context, ops []ServerOp, drainTimeout time.Duration) (int, error) {
-	n := 0
-	for _, op := range ops {
-		for _, step := range op.steps() {
-			switch {
-			case strings.HasPrefix(step, waitPrefix):
-				if err := r.drain(ctx, op.Backend, op.Server, drainTimeout); err != nil {
-					return n, err
-				}
-			case strings.HasPrefix(step, "del server "):
-				n++
-				if err := r.del(op.Backend, op.Server); err != nil {
-					return n, err
-				}
-			default:
-				n += strings.Count(step, ";") + 1
-				if _, err := r.exec(step); err != nil {
-					return n, err
-				}
-			}
-		}
-	}
-	return n, nil
 }
 
 // serversState returns "show servers state" with only the lines of servers
@@ -192,8 +257,8 @@ func (r *runtimeAPI) runOps(ctx context.Context, ops []ServerOp, drainTimeout ti
 // admin and health state from this file on reload, even over a changed
 // configuration: a server that the reload changes must start from the
 // configuration, not from its old state.
-func (r *runtimeAPI) serversState(live, next []byte) ([]byte, int, error) {
-	reply, err := r.exec("show servers state")
+func (r *Runtime) serversState(live, next []byte) ([]byte, int, error) {
+	reply, err := r.Exec("show servers state")
 	if err != nil {
 		return nil, 0, err
 	}

@@ -41,11 +41,69 @@ func (s *site) rtConfig(front int, balance string, servers ...rtServer) []byte {
 func newRuntimeSite(t *testing.T, mutate func(*Options)) *site {
 	return newSite(t, func(o *Options) {
 		o.StateFile = filepath.Join(filepath.Dir(o.ConfigPath), "state")
-		o.DrainTimeout = 2 * time.Second
 		if mutate != nil {
 			mutate(o)
 		}
 	})
+}
+
+// fastResult is what applyFast did.
+type fastResult struct {
+	plan     ServerPlan
+	commands int
+	took     time.Duration // until the last command was answered (drains excluded)
+}
+
+// applyFast does what haconfd's fast lane does with next: plan against
+// HAProxy's live state, send each op, finish drains (here in line, at
+// most drain), then write the file (haproxy -c first). It fails the test
+// when the plan needs a reload.
+func applyFast(t *testing.T, s *site, next []byte, drain time.Duration) fastResult {
+	t.Helper()
+	rt, err := NewRuntime(s.sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := rt.ServersState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, _, err := s.m.Live()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	plan, err := PlanServers(running, next, live, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Pending) > 0 {
+		t.Fatalf("plan needs a reload: %v", plan.Pending)
+	}
+	res := fastResult{plan: plan}
+	var drains []ServerOp
+	for _, op := range plan.Ops {
+		if err := rt.Send(op); err != nil {
+			t.Fatalf("send %q: %v", op.NowLine(), err)
+		}
+		res.commands++
+		if op.Drains() {
+			drains = append(drains, op)
+		}
+	}
+	res.took = time.Since(start)
+	for _, op := range drains {
+		if err := rt.FinishDrain(t.Context(), op, drain); err != nil {
+			t.Fatalf("drain %s/%s: %v", op.Backend, op.Server, err)
+		}
+	}
+	if err := s.m.Write(t.Context(), next); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readFile(t, s.cfg), next) {
+		t.Fatal("live file is not the applied config")
+	}
+	return res
 }
 
 // serverStates returns "show servers state" lines of backend db by server name.
@@ -113,16 +171,16 @@ func TestRuntimeAddMoveWeightDisable(t *testing.T) {
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
-			res := mustApply(t, s, s.rtConfig(front, "roundrobin", st.servers...), ActionRuntime)
-			if res.PID != pid || res.Commands == 0 {
-				t.Fatalf("result = %+v, want pid %d and commands", res, pid)
+			res := applyFast(t, s, s.rtConfig(front, "roundrobin", st.servers...), 2*time.Second)
+			if res.commands == 0 {
+				t.Fatalf("plan = %+v, want commands", res.plan)
 			}
-			if pids := s.m.PIDs(); !slices.Equal(pids, []int{pid}) {
+			if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
 				t.Fatalf("PIDs = %v, want [%d]", pids, pid)
 			}
 			if st.sees != "" {
 				took := seenWithin(t, front, st.sees, 5*time.Second)
-				t.Logf("apply %v, runtime part %v (%d commands); first connection to %s %v after Apply returned", res.Duration, res.RuntimeDuration, res.Commands, st.sees, took)
+				t.Logf("runtime %v (%d commands); first connection to %s %v after that", res.took, res.commands, st.sees, took)
 			}
 		})
 	}
@@ -186,7 +244,7 @@ func holdBackend(t *testing.T, id string) (backend, *atomic.Int64) {
 }
 
 func TestRuntimeRemoveDrains(t *testing.T) {
-	s := newRuntimeSite(t, func(o *Options) { o.DrainTimeout = 300 * time.Millisecond })
+	s := newRuntimeSite(t, nil)
 	a := startBackend(t, "a")
 	h, open := holdBackend(t, "h")
 	front := freePort(t)
@@ -212,9 +270,11 @@ func TestRuntimeRemoveDrains(t *testing.T) {
 	}
 	defer func() { _ = held.Close() }()
 
-	res = mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), ActionRuntime)
-	if res.PID != pid {
-		t.Fatalf("pid changed: %+v", res)
+	start := time.Now()
+	applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), 300*time.Millisecond)
+	took := time.Since(start)
+	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
+		t.Fatalf("pids %v, want [%d]", pids, pid)
 	}
 	if _, ok := serverStates(t, s.sock)["h"]; ok {
 		t.Fatal("h still exists after removal")
@@ -232,23 +292,26 @@ func TestRuntimeRemoveDrains(t *testing.T) {
 			t.Fatalf("client got %q, %v; want a", got, err)
 		}
 	}
-	t.Logf("removal with a held connection took %v (drain timeout 300ms)", res.Duration)
+	t.Logf("removal with a held connection took %v (drain timeout 300ms)", took)
 }
 
-func TestRuntimeRefusedFallsBackToReload(t *testing.T) {
+// A server added by hand under a name haconfd wants, at the wrong
+// address, is moved where the config says: the plan starts from HAProxy's
+// live state, not from the file.
+func TestRuntimeRepairsHandAddedServer(t *testing.T) {
 	s := newRuntimeSite(t, nil)
 	a, b, x := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "x")
 	front := freePort(t)
 	pid := mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), ActionStart).PID
-
-	// Someone added a "b" by hand, to the wrong place: our add server is refused.
 	if reply, err := socketCommand(t.Context(), s.sock, fmt.Sprintf("add server db/b 127.0.0.1:%d", x.port)); err != nil || !strings.Contains(string(reply), "New server") {
 		t.Fatalf("add by hand: %q, %v", reply, err)
 	}
-	next := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""})
-	res := mustApply(t, s, next, ActionReload)
-	if res.PID == pid || !strings.Contains(res.Fallback, "Already exists a server with the same name") {
-		t.Fatalf("result = %+v, want a fallback reload naming the refusal", res)
+	if _, err := socketCommand(t.Context(), s.sock, "set server db/b state ready"); err != nil {
+		t.Fatal(err)
+	}
+	res := applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), time.Second)
+	if len(res.plan.Ops) != 1 || res.plan.Ops[0].Kind != OpUpdate {
+		t.Fatalf("plan = %+v, want one update (move)", res.plan)
 	}
 	seenWithin(t, front, "b", 5*time.Second)
 	for range 20 {
@@ -256,9 +319,33 @@ func TestRuntimeRefusedFallsBackToReload(t *testing.T) {
 			t.Fatalf("client got %q, %v", got, err)
 		}
 	}
-	if port := serverStates(t, s.sock)["b"][18]; port != strconv.Itoa(b.port) {
-		t.Errorf("b port after fallback = %s, want %d", port, b.port)
+	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
+		t.Fatalf("pids %v, want [%d]: no reload", pids, pid)
 	}
+}
+
+// A command HAProxy refuses comes back as a *RuntimeError naming it.
+func TestRuntimeRefusal(t *testing.T) {
+	s := newRuntimeSite(t, nil)
+	a := startBackend(t, "a")
+	front := freePort(t)
+	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), ActionStart)
+	rt, err := NewRuntime(s.sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, _ := rt.ServersState()
+	running, _, _ := s.m.Live()
+	plan, err := PlanServers(running, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"t", a.port, "track db/nosuch"}), live, nil)
+	if err != nil || len(plan.Ops) != 1 {
+		t.Fatalf("plan = %+v, %v", plan, err)
+	}
+	err = rt.Send(plan.Ops[0])
+	var re *RuntimeError
+	if !errors.As(err, &re) || !errors.Is(err, ErrRuntimeRefused) || !strings.Contains(re.Command, "add server db/t") {
+		t.Fatalf("Send = %v, want a *RuntimeError for the add", err)
+	}
+	t.Logf("refusal: %v", err)
 }
 
 func TestStateSurvivesReload(t *testing.T) {
@@ -266,11 +353,12 @@ func TestStateSurvivesReload(t *testing.T) {
 	a, b, c := startBackend(t, "a"), startBackend(t, "b"), startBackend(t, "c")
 	front := freePort(t)
 	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), ActionStart)
-	// Runtime-only state: b drained by an operator; a server added at runtime.
+	// Runtime-only state: a server added at runtime; b drained (by hand,
+	// right before the reload: haconfd's fast lane would undo it).
+	applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}, rtServer{"c", c.port, "weight 7"}), time.Second)
 	if _, err := socketCommand(t.Context(), s.sock, "set server db/b state drain"); err != nil {
 		t.Fatal(err)
 	}
-	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}, rtServer{"c", c.port, "weight 7"}), ActionRuntime)
 
 	// A structural change (new section) and a server changed in the same reload.
 	other := freePort(t)
@@ -324,9 +412,9 @@ func TestRuntimeStaticRRSlots(t *testing.T) {
 		{"down to one", []int{c.port}, []string{"c"}},
 	} {
 		t.Run(step.name, func(t *testing.T) {
-			res := mustApply(t, s, slots(step.ports...), ActionRuntime)
-			if res.PID != pid {
-				t.Fatalf("pid changed: %+v", res)
+			applyFast(t, s, slots(step.ports...), time.Second)
+			if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
+				t.Fatalf("pids %v, want [%d]", pids, pid)
 			}
 			eventually(t, 5*time.Second, fmt.Sprintf("clients to reach exactly %v", step.ids), func() bool {
 				seen := make(map[string]bool)
@@ -402,14 +490,10 @@ func TestRuntimeChurnUnderLoad(t *testing.T) {
 	var durs []time.Duration
 	deadline := time.Now().Add(5 * time.Second)
 	for gen := 1; time.Now().Before(deadline); gen++ {
-		res, err := s.m.Apply(ctx, cfg(gen))
-		if err != nil || res.Action != ActionRuntime {
-			applyErr = fmt.Errorf("generation %d: %+v, %w", gen, res, err)
-			break
-		}
+		res := applyFast(t, s, cfg(gen), time.Second)
 		runtimeApplies++
-		cmds += res.Commands
-		durs = append(durs, res.RuntimeDuration)
+		cmds += res.commands
+		durs = append(durs, res.took)
 		time.Sleep(300 * time.Millisecond) // the churn period, not a wait for an effect
 	}
 	cancel()
@@ -419,21 +503,13 @@ func TestRuntimeChurnUnderLoad(t *testing.T) {
 	}
 	slices.Sort(durs)
 	t.Logf("%d runtime applies (%d commands; runtime part p50 %v, max %v), %d clients: %d ok, %d failed connections, pids %v",
-		runtimeApplies, cmds, durs[len(durs)/2], durs[len(durs)-1], clients, okCount.Load(), failCount.Load(), s.m.PIDs())
+		runtimeApplies, cmds, durs[len(durs)/2], durs[len(durs)-1], clients, okCount.Load(), failCount.Load(), s.m.Process(t.Context()).PIDs)
 	if failCount.Load() != 0 {
 		t.Errorf("%d connections failed, first: %v", failCount.Load(), firstErr.Load())
 	}
-	if pids := s.m.PIDs(); !slices.Equal(pids, []int{pid}) {
+	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
 		t.Errorf("PIDs = %v, want only the first %d", pids, pid)
 	}
-}
-
-func TestApplyModeReload(t *testing.T) {
-	s := newRuntimeSite(t, func(o *Options) { o.Mode = ModeReload })
-	a, b := startBackend(t, "a"), startBackend(t, "b")
-	front := freePort(t)
-	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), ActionStart)
-	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""}), ActionReload)
 }
 
 func TestParseReplies(t *testing.T) {
@@ -453,60 +529,4 @@ func TestParseReplies(t *testing.T) {
 			t.Errorf("replyError(%q) = %q, %v; want %q", tt.reply, msg, bad, tt.bad)
 		}
 	}
-}
-
-// TestRuntimeConvergence measures, from the start of Apply, when the first
-// connection reaches an added server and when the last one reaches a
-// removed server (4 clients dialing in a loop). Logged, not asserted.
-func TestRuntimeConvergence(t *testing.T) {
-	s := newRuntimeSite(t, func(o *Options) { o.Logger = nil })
-	a, b := startBackend(t, "a"), startBackend(t, "b")
-	front := freePort(t)
-	with := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"b", b.port, ""})
-	without := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""})
-	mustApply(t, s, without, ActionStart)
-
-	var lastB, firstB atomic.Int64 // unix nanos
-	ctx, cancel := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				if got, err := dial(front); err == nil && got == "b" {
-					now := time.Now().UnixNano()
-					lastB.Store(now)
-					firstB.CompareAndSwap(0, now)
-				}
-			}
-		})
-	}
-	var adds, removes, runtimeParts []time.Duration
-	for range 15 {
-		firstB.Store(0)
-		start := time.Now()
-		res, err := s.m.Apply(ctx, with)
-		if err != nil || res.Action != ActionRuntime {
-			t.Fatalf("add: %+v, %v", res, err)
-		}
-		runtimeParts = append(runtimeParts, res.RuntimeDuration)
-		eventually(t, 5*time.Second, "b reached", func() bool { return firstB.Load() != 0 })
-		adds = append(adds, time.Unix(0, firstB.Load()).Sub(start))
-
-		start = time.Now()
-		res, err = s.m.Apply(ctx, without)
-		if err != nil || res.Action != ActionRuntime {
-			t.Fatalf("remove: %+v, %v", res, err)
-		}
-		time.Sleep(50 * time.Millisecond) // let in-flight dials finish before reading the last one
-		removes = append(removes, max(0, time.Unix(0, lastB.Load()).Sub(start)))
-	}
-	cancel()
-	wg.Wait()
-	pct := func(d []time.Duration, p int) time.Duration {
-		slices.Sort(d)
-		return d[(len(d)-1)*p/100]
-	}
-	t.Logf("Apply start → first connection to an added server: p50 %v p90 %v", pct(adds, 50), pct(adds, 90))
-	t.Logf("Apply start → last connection to a removed server: p50 %v p90 %v", pct(removes, 50), pct(removes, 90))
-	t.Logf("runtime part of Apply (add): p50 %v p90 %v", pct(runtimeParts, 50), pct(runtimeParts, 90))
 }

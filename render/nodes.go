@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"maps"
@@ -65,7 +66,14 @@ type Service struct {
 type Problem struct {
 	Key    string
 	Reason string
+	// Incomplete: the node's registration is still arriving (a
+	// directory-style node has its ip but not yet its port): it is left
+	// out until it is complete, rather than added with a guessed value.
+	Incomplete bool
 }
+
+// errIncomplete marks a registration that is still arriving.
+var errIncomplete = errors.New("registration incomplete")
 
 // Error returns "node <Key>: <Reason>" on one line; a key with odd characters
 // is quoted.
@@ -294,7 +302,7 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 		}
 		n, err := buildNode(r, d)
 		if err != nil {
-			problems = append(problems, Problem{Key: r.key, Reason: err.Error()})
+			problems = append(problems, Problem{Key: r.key, Reason: err.Error(), Incomplete: errors.Is(err, errIncomplete)})
 			continue
 		}
 		n.Key = r.key
@@ -347,12 +355,21 @@ func buildNode(r *rawNode, d *dirFields) (Node, error) {
 	}
 	set(&f.ip, dirIP)
 	set(&f.port, dirPort)
+	// A directory-style registration is complete once it has its port
+	// (here or in the node's value): the fleet discovery unit writes ip,
+	// port, host, ... one key at a time, and a node seen between the ip
+	// and the port must not be served on a guessed port.
+	incomplete := d.has&(1<<dirPort) == 0 && f.port == "" && (f.ip != "" || d.has&(1<<dirIP) != 0)
 	set(&f.host, dirHost)
 	set(&f.sin, dirSIN)
 	set(&f.weight, dirWeight)
 	set(&f.state, dirState, dirWsrepSC)
 	set(&f.index, dirWsrepIdx, dirIndex)
-	return validateNode(r.id, f)
+	n, err := validateNode(r.id, f)
+	if err == nil && incomplete {
+		return Node{}, fmt.Errorf("%w: it has an ip but no port key yet", errIncomplete)
+	}
+	return n, err
 }
 
 // validateNode checks every field. Empty optional fields count as absent.

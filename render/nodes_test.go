@@ -35,7 +35,7 @@ func TestParseNodesValid(t *testing.T) {
 		},
 		{
 			name: "defaults",
-			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1"},
+			kvs:  map[string]string{pfx + "/n1": "10.0.0.1"},
 			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
@@ -45,7 +45,7 @@ func TestParseNodesValid(t *testing.T) {
 		},
 		{
 			name: "state wins over wsrep_local_state_comment",
-			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/state": "Synced", pfx + "/n1/wsrep_local_state_comment": "Joined"},
+			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/state": "Synced", pfx + "/n1/wsrep_local_state_comment": "Joined"},
 			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, State: "Synced", Index: -1, Synced: true}},
 		},
 		{
@@ -71,7 +71,7 @@ func TestParseNodesValid(t *testing.T) {
 		},
 		{
 			name: "trailing slash prefix, unrelated and deep keys ignored",
-			kvs: map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/a/b": "x", pfx: "x", pfx + "/": "x",
+			kvs: map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/a/b": "x", pfx: "x", pfx + "/": "x",
 				pfx + "x/n2/ip": "10.0.0.2", "/elsewhere/n3/ip": "10.0.0.3", pfx + "/n1/unknown": "bad\nvalue"},
 			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
@@ -135,6 +135,9 @@ func TestParseNodesInvalid(t *testing.T) {
 			if strings.HasPrefix(tc.key, "n1/") && !strings.HasSuffix(tc.key, "/ip") {
 				kvs[pfx+"/n1/ip"] = "10.0.0.1"
 			}
+			if strings.HasSuffix(tc.key, "/ip") || strings.HasPrefix(tc.key, "n1/") && !strings.HasSuffix(tc.key, "/port") {
+				kvs[pfx+"/"+strings.TrimSuffix(strings.TrimSuffix(tc.key, "/ip"), "/"+strings.TrimPrefix(tc.key, "n1/"))+"/port"] = "3306"
+			}
 			nodes, problems := render.ParseNodes(pfx, kvs)
 			if len(nodes) != 1 || nodes[0].ID != "ok" {
 				t.Errorf("nodes = %+v, want only ok", nodes)
@@ -149,6 +152,44 @@ func TestParseNodesInvalid(t *testing.T) {
 				t.Errorf("Error() = %q, want one line starting with \"node \"", msg)
 			}
 		})
+	}
+}
+
+// A directory-style node is served once its registration is complete
+// (ip and port keys): the fleet unit writes one key at a time, and a node
+// seen between them must never be served on a guessed port.
+func TestIncompleteRegistration(t *testing.T) {
+	tests := []struct {
+		name       string
+		kvs        map[string]string
+		incomplete bool
+	}{
+		{"ip only", map[string]string{pfx + "/n1/ip": "10.0.0.1"}, true},
+		{"ip and host, no port yet", map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/host": "db1"}, true},
+		{"ip and port", map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3307"}, false},
+		{"port key empty: written, default port", map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": ""}, false},
+		{"port from the value", map[string]string{pfx + "/n1": "10.0.0.9:3307", pfx + "/n1/ip": "10.0.0.1"}, false},
+		{"value without port: one write, default port", map[string]string{pfx + "/n1": "10.0.0.1"}, false},
+		{"json without port: one write, default port", map[string]string{pfx + "/n1": `{"ip":"10.0.0.1"}`}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			nodes, problems := render.ParseNodes(pfx, tc.kvs)
+			if tc.incomplete {
+				if len(nodes) != 0 || len(problems) != 1 || !problems[0].Incomplete {
+					t.Fatalf("nodes %+v problems %+v, want the node left out as incomplete", nodes, problems)
+				}
+				return
+			}
+			if len(nodes) != 1 || len(problems) != 0 {
+				t.Fatalf("nodes %+v problems %+v, want the node", nodes, problems)
+			}
+		})
+	}
+	// A bad value is reported as such, not as incomplete.
+	_, problems := render.ParseNodes(pfx, map[string]string{pfx + "/n1/ip": "10.0.0.1 x"})
+	if len(problems) != 1 || problems[0].Incomplete {
+		t.Fatalf("problems %+v, want one that is not incomplete", problems)
 	}
 }
 
@@ -203,7 +244,7 @@ func TestNodeNames(t *testing.T) {
 
 func TestSyncedAndWeighted(t *testing.T) {
 	for state, want := range map[string]bool{"": true, "Synced": true, "Donor/Desynced": false, "Joined": false, "synced-x": false} {
-		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/state": state}
+		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/state": state}
 		nodes, problems := render.ParseNodes(pfx, kvs)
 		if len(nodes) != 1 {
 			t.Fatalf("state %q: nodes %v, problems %v", state, nodes, problems)
@@ -213,7 +254,7 @@ func TestSyncedAndWeighted(t *testing.T) {
 		}
 	}
 	for weight, want := range map[string]bool{"": false, "1": false, "0": true, "2": true, "256": true} {
-		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/weight": weight}
+		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/weight": weight}
 		nodes, _ := render.ParseNodes(pfx, kvs)
 		if len(nodes) != 1 || nodes[0].Weighted != want {
 			t.Errorf("weight %q: nodes %+v, want Weighted %v", weight, nodes, want)

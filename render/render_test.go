@@ -201,7 +201,7 @@ func TestSortedInputRendersLikeMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	kvs := map[string]string{
-		"/components/galera/db1": "10.0.0.1:3306", "/components/galera/db2/ip": "10.0.0.2", "/components/galera/db2/weight": "3",
+		"/components/galera/db1": "10.0.0.1:3306", "/components/galera/db2/ip": "10.0.0.2", "/components/galera/db2/port": "3306", "/components/galera/db2/weight": "3",
 		"/components/galera/db2-old": "10.0.0.9", "/elsewhere/x": "y",
 	}
 	sorted := sortedPairs(kvs)

@@ -34,94 +34,100 @@ type ConfdOptions struct {
 	Logger *slog.Logger
 }
 
-// RunConfd is the loop for a confd directory: every snapshot from src is
-// one confd run over every template resource (each rendered and applied
-// on its own, reloads of a shared reload_cmd coalesced).
-func RunConfd(ctx context.Context, set *confd.Set, ap *confd.Applier, src Source, opts ConfdOptions) error {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	snaps := make(chan watch.Snapshot, 1)
-	srcDone := make(chan error, 1)
-	go func() { srcDone <- src.Run(ctx, snaps) }()
-	defer func() {
-		cancel()
-		<-srcDone
-	}()
+// ConfdTarget runs a confd directory on the loop: every snapshot is one
+// confd run over every template resource (each rendered and applied on
+// its own, reloads of a shared reload_cmd coalesced), on the reload lane;
+// confd's -interval is the loop's resync.
+type ConfdTarget struct {
+	set   *confd.Set
+	ap    *confd.Applier
+	log   *slog.Logger
+	lanes *Lanes
 
-	var (
-		latest  *watch.Snapshot
-		pending bool
-		timer   = time.NewTimer(time.Hour)
-		tick    <-chan time.Time
-	)
-	timer.Stop()
-	defer timer.Stop()
-	if opts.Interval > 0 {
-		t := time.NewTicker(opts.Interval)
-		defer t.Stop()
-		tick = t.C
+	latest *watch.Snapshot
+	job    *Job
+	err    error
+}
+
+// NewConfdTarget returns the target for set, applied with ap.
+func NewConfdTarget(set *confd.Set, ap *confd.Applier, logger *slog.Logger) *ConfdTarget {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
-	runOnce := func() error {
+	return &ConfdTarget{set: set, ap: ap, log: logger}
+}
+
+// Start is Target.Start.
+func (c *ConfdTarget) Start(_ context.Context, l *Lanes) error {
+	c.lanes = l
+	return nil
+}
+
+// Snapshot is Target.Start: a run once the changes settle (--wait).
+func (c *ConfdTarget) Snapshot(_ context.Context, s watch.Snapshot) {
+	c.latest = &s
+	c.submit(true)
+}
+
+// Resync re-runs every resource on the newest snapshot (confd -interval).
+func (c *ConfdTarget) Resync(context.Context) {
+	if c.latest != nil && c.job == nil {
+		c.submit(false)
+	}
+}
+
+// Result is the first run's error (-onetime).
+func (c *ConfdTarget) Result() error { return c.err }
+
+func (c *ConfdTarget) submit(wait bool) {
+	if c.job != nil {
+		if !c.lanes.Running(c.job) {
+			c.lanes.Submit(c.job)
+			return
+		}
+	}
+	j := &Job{Name: "confd run", Wait: wait}
+	c.job = j
+	var snap watch.Snapshot
+	j.Run = func(ctx context.Context) error {
+		if err := c.lanes.Call(ctx, func() { snap = *c.latest }); err != nil {
+			return err
+		}
 		start := time.Now()
-		results, err := set.Process(ctx, ap, latest.Map())
+		results, err := c.set.Process(ctx, c.ap, snap.Map())
 		for _, r := range results {
 			switch {
 			case r.Err != nil:
 			case r.Changed:
-				log.Info("resource updated", "resource", r.Name, "dest", r.Dest, "rev", latest.Revision)
+				c.log.Info("resource updated", "resource", r.Name, "dest", r.Dest, "rev", snap.Revision)
 			default:
-				log.Debug("resource in sync", "resource", r.Name, "dest", r.Dest, "rev", latest.Revision)
+				c.log.Debug("resource in sync", "resource", r.Name, "dest", r.Dest, "rev", snap.Revision)
 			}
 		}
 		if err != nil {
 			for _, line := range strings.Split(err.Error(), "\n") {
-				log.Error("confd run failed, destination left as it was", "rev", latest.Revision, "err", line)
+				c.log.Error("confd run failed, destination left as it was", "rev", snap.Revision, "err", line)
 			}
 		}
-		log.Debug("confd run done", "rev", latest.Revision, "duration", time.Since(start).Round(time.Microsecond))
+		c.log.Debug("confd run done", "rev", snap.Revision, "duration", time.Since(start).Round(time.Microsecond))
 		return err
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			if opts.Once {
-				return fmt.Errorf("-onetime: %w", ErrNoSnapshot)
-			}
-			return nil
-		case err := <-srcDone:
-			srcDone <- err
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("watch: %w", err)
-		case s := <-snaps:
-			latest = &s
-			pending = true
-			timer.Stop()
-			select {
-			case <-timer.C:
-			default:
-			}
-			timer.Reset(opts.Wait)
-		case <-timer.C:
-			if !pending {
-				continue
-			}
-			pending = false
-			err := runOnce()
-			if opts.Once {
-				return err
-			}
-		case <-tick:
-			if latest != nil && !pending {
-				_ = runOnce()
-			}
+	j.Done = func(err error) {
+		if c.job == j {
+			c.job = nil
 		}
+		c.err = err
 	}
+	c.lanes.Submit(j)
+}
+
+// RunConfd is the loop for a confd directory (see ConfdTarget).
+func RunConfd(ctx context.Context, set *confd.Set, ap *confd.Applier, src Source, opts ConfdOptions) error {
+	t := NewConfdTarget(set, ap, opts.Logger)
+	return NewLoop(src, t, LoopOptions{
+		WaitMin: opts.Wait, WaitMax: 4 * opts.Wait,
+		Resync: opts.Interval, Once: opts.Once, Logger: opts.Logger,
+	}).Run(ctx)
 }
 
 // ConfdEtcd returns a client for confd's etcd settings.

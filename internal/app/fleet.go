@@ -3,12 +3,12 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,27 +19,17 @@ import (
 	"github.com/haconfd/haconfd/render"
 )
 
-// fleetPoll is how often the loop's status is looked at for publishing.
-const fleetPoll = 100 * time.Millisecond
-
-// fleetGlue joins the loop, the HAProxy manager and internal/fleet: it
-// publishes the instance status whenever the loop's status changes, and
-// coordinates starts and reloads (haproxy.Options.BeforeReload).
+// fleetGlue joins the loop and internal/fleet: it publishes the instance
+// status whenever the loop reports an event, and gives the reload lane
+// its fleet-wide reload slot (ReloadSlot).
 type fleetGlue struct {
 	cfg config.Config
 	log *slog.Logger
 	pub *fleet.Publisher
 	stg *fleet.Stagger // nil: --max-concurrent-reloads 0
 
-	input atomic.Pointer[render.Input] // the watched keys of the render being applied
-
-	mu      sync.Mutex
-	sha     string // of the live config
-	method  string
-	pid     int
-	held    string // why the last apply was held (wave stopped)
-	version string // haproxy -v
-	poke    chan struct{}
+	mu   sync.Mutex
+	held string // why the last reload attempt was held by the fleet (wave stopped)
 }
 
 // newFleetGlue returns nil when publishing is off (--status-prefix "",
@@ -48,7 +38,7 @@ func newFleetGlue(cfg config.Config, logger *slog.Logger) *fleetGlue {
 	if cfg.StatusPrefix == "" || cfg.Once || cfg.DryRun {
 		return nil
 	}
-	return &fleetGlue{cfg: cfg, log: logger.With("component", "fleet"), poke: make(chan struct{}, 1)}
+	return &fleetGlue{cfg: cfg, log: logger.With("component", "fleet")}
 }
 
 // instanceName is --instance, or the host name.
@@ -87,102 +77,56 @@ func (g *fleetGlue) attach(cli *clientv3.Client) error {
 	return nil
 }
 
-// beforeReload is haproxy.Options.BeforeReload.
-func (g *fleetGlue) beforeReload(ctx context.Context, action haproxy.Action, cfg []byte) (func(bool, error), error) {
-	if g.stg == nil {
-		return nil, nil
+// slot returns the fleet's reload coordination, nil when off.
+func (g *fleetGlue) slot() ReloadSlot {
+	if g == nil || g.stg == nil {
+		return nil
 	}
-	change := ""
-	if in := g.input.Load(); in != nil {
-		change = fleet.Digest(in.Map())
-	}
+	return g
+}
+
+// Acquire is ReloadSlot: the wave check and, for a reload, one of
+// --max-concurrent-reloads etcd locks. A refusal wraps
+// haproxy.ErrReloadHeld.
+func (g *fleetGlue) Acquire(ctx context.Context, action haproxy.Action, cfg []byte, in render.Input) (func(bool, error), error) {
 	rel, err := g.stg.Acquire(ctx, fleet.Attempt{
 		Action:       string(action),
-		Change:       change,
+		Change:       fleet.Digest(in.Map()),
 		ConfigSHA256: fleet.SHA256(cfg),
 		Coordinate:   action == haproxy.ActionReload,
 	})
+	g.mu.Lock()
+	g.held = ""
+	if err != nil && ctx.Err() == nil {
+		g.held = err.Error()
+	}
+	g.mu.Unlock()
 	if err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", haproxy.ErrReloadHeld, err)
 	}
 	return rel, nil
 }
 
-// renderer wraps r to remember the input of each render (the change a
-// following reload applies).
-func (g *fleetGlue) renderer(r Renderer) Renderer {
-	if g == nil {
-		return r
-	}
-	return inputRenderer{r, g}
-}
-
-type inputRenderer struct {
-	Renderer
-	g *fleetGlue
-}
-
-func (r inputRenderer) Render(in render.Input) (render.Output, error) {
-	r.g.input.Store(&in)
-	return r.Renderer.Render(in)
-}
-
-// applier wraps a to record what each apply did.
-func (g *fleetGlue) applier(a Applier) Applier {
-	if g == nil {
-		return a
-	}
-	return recordingApplier{a, g}
-}
-
-type recordingApplier struct {
-	Applier
-	g *fleetGlue
-}
-
-func (a recordingApplier) Apply(ctx context.Context, cfg []byte) (haproxy.Result, error) {
-	res, err := a.Applier.Apply(ctx, cfg)
-	g := a.g
-	g.mu.Lock()
-	switch {
-	case err == nil:
-		g.sha, g.held = fleet.SHA256(cfg), ""
-		if res.Action != haproxy.ActionNone {
-			g.method = string(res.Action)
-		}
-	case errors.Is(err, haproxy.ErrReloadHeld):
-		g.held = err.Error()
-		if we := new(fleet.WaveStoppedError); errors.As(err, &we) {
-			g.held = we.Error()
-		}
-	default:
-		g.held = ""
-	}
-	if res.PID > 0 {
-		g.pid = res.PID
-	}
-	g.mu.Unlock()
-	select {
-	case g.poke <- struct{}{}:
-	default:
-	}
-	return res, err
-}
-
 // run publishes until ctx ends: the publisher's lease, and the loop's
-// status whenever it changes.
-func (g *fleetGlue) run(ctx context.Context, loop *App) {
-	g.version = haproxyVersion(ctx, g.cfg.HAProxyBin)
+// status after every event.
+func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
+	events, unsubscribe := bus.Subscribe(64)
+	defer unsubscribe()
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.pub.Run(ctx) })
 	defer wg.Wait()
-	t := time.NewTicker(fleetPoll)
+	// A slow tick only refreshes "behind since" for an instance that stays
+	// behind without events.
+	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	var last fleet.Status
 	var behindSince time.Time
 	first := true
 	for {
-		s := loop.Status()
+		s := board.Get()
 		switch {
 		case s.Revision <= s.Applied:
 			behindSince = time.Time{}
@@ -190,25 +134,25 @@ func (g *fleetGlue) run(ctx context.Context, loop *App) {
 			behindSince = time.Now()
 		}
 		g.mu.Lock()
+		waveHeld := g.held
+		g.mu.Unlock()
 		next := fleet.Status{
 			Prefixes:        g.cfg.Prefixes,
 			AppliedRevision: s.Applied,
 			SeenRevision:    s.Revision,
 			BehindSince:     behindSince,
-			ConfigSHA256:    g.sha,
+			ConfigSHA256:    s.ConfigSHA256,
 			LastError:       s.LastError,
 			Held:            s.Held,
-			Method:          g.method,
+			Method:          s.LastAction,
 			LastApply:       s.LastApply,
-			HAProxyVersion:  g.version,
-			HAProxyPID:      g.pid,
+			HAProxyVersion:  s.HAProxy.Version,
+			HAProxyPID:      s.HAProxy.PID,
 		}
-		waveHeld := g.held
-		g.mu.Unlock()
 		switch {
-		case waveHeld != "":
+		case waveHeld != "" && s.Applied < s.Revision:
 			next.LastResult, next.Held = fleet.ResultHeld, waveHeld
-		case s.Held != "":
+		case s.Held != "" && s.Applied < s.Revision:
 			next.LastResult = fleet.ResultHeld
 		case s.LastError != "":
 			next.LastResult = fleet.ResultError
@@ -226,7 +170,15 @@ func (g *fleetGlue) run(ctx context.Context, loop *App) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-g.poke:
+		case <-events:
+			// Coalesce a burst of events into one update.
+			for more := true; more; {
+				select {
+				case <-events:
+				default:
+					more = false
+				}
+			}
 		}
 	}
 }

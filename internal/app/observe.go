@@ -20,7 +20,10 @@ type Metrics struct {
 	Registry       *prometheus.Registry
 	Applies        *prometheus.CounterVec // result, method
 	Reloads        prometheus.Counter
+	Starts         prometheus.Counter
 	Rollbacks      prometheus.Counter
+	HeldServers    *prometheus.GaugeVec // section, guard
+	Repairs        prometheus.Counter
 	GuardHolds     *prometheus.CounterVec // guard
 	EtcdConnected  prometheus.Gauge
 	AppliedRev     prometheus.Gauge
@@ -39,11 +42,16 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: r,
 		Applies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "haconfd_applies_total",
-			Help: "Rendered configs handled, by result (ok, error, held, unchanged) and method (start, reload, runtime, none)."}, []string{"result", "method"}),
-		Reloads:   prometheus.NewCounter(prometheus.CounterOpts{Name: "haconfd_reloads_total", Help: "HAProxy starts and reloads done."}),
+			Help: "Changes made live (result ok) or failed (result error), by method: runtime, write, start, reload; failures by stage (render, plan, runtime, write, start, reload, check)."}, []string{"result", "method"}),
+		Reloads: prometheus.NewCounter(prometheus.CounterOpts{Name: "haconfd_reloads_total", Help: "HAProxy reloads done (not counting starts)."}),
+		Starts:  prometheus.NewCounter(prometheus.CounterOpts{Name: "haconfd_starts_total", Help: "HAProxy starts done (no HAProxy was running)."}),
+		HeldServers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "haconfd_held_servers",
+			Help: "Servers a guard keeps configured although their nodes left, by section and guard."}, []string{"section", "guard"}),
+		Repairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "haconfd_repairs_total",
+			Help: "Servers whose live state in HAProxy differed from haconfd's view (changed by hand, HAProxy restarted) and was repaired."}),
 		Rollbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "haconfd_rollbacks_total", Help: "Applies rolled back to the last good config."}),
 		GuardHolds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "haconfd_guard_holds_total",
-			Help: "Renders held back by a guard (min_servers, max_remove)."}, []string{"guard"}),
+			Help: "Servers (or a first start) held back by a guard (min_servers, max_remove)."}, []string{"guard"}),
 		EtcdConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "haconfd_etcd_connected", Help: "1 while the etcd watch is connected."}),
 		AppliedRev:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "haconfd_last_applied_revision", Help: "etcd revision of the live config."}),
 		SeenRev:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "haconfd_last_seen_revision", Help: "Newest etcd revision received."}),
@@ -55,7 +63,7 @@ func NewMetrics() *Metrics {
 		ApplyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "haconfd_apply_duration_seconds",
 			Help: "Time to apply a config, by method.", Buckets: prometheus.ExponentialBuckets(0.0005, 3, 12)}, []string{"method"}),
 	}
-	for _, c := range []prometheus.Collector{m.Applies, m.Reloads, m.Rollbacks, m.GuardHolds, m.EtcdConnected,
+	for _, c := range []prometheus.Collector{m.Applies, m.Reloads, m.Starts, m.HeldServers, m.Repairs, m.Rollbacks, m.GuardHolds, m.EtcdConnected,
 		m.AppliedRev, m.SeenRev, m.Servers, m.SkippedNodes, m.RenderDuration, m.ApplyDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
@@ -63,51 +71,37 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// Handler serves /metrics, /healthz, /readyz and /status.
-func (a *App) Handler() http.Handler {
+// Handler serves /metrics, /healthz, /readyz, /status and /events (the
+// last events, oldest first, as JSON).
+func Handler(board *Board, bus *Bus, m *Metrics) http.Handler {
 	mux := http.NewServeMux()
-	if m := a.opts.Metrics; m != nil {
+	if m != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ok, why := a.Status().Ready()
+		ok, why := board.Get().Ready()
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		fmt.Fprintln(w, why)
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(a.Status())
+		writeJSON(w, board.Get())
+	})
+	mux.HandleFunc("/events", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, bus.Recent())
 	})
 	return mux
 }
 
-// Ready says whether haconfd is connected to etcd and has the newest
-// revision it saw live, and why not.
-func (s Status) Ready() (bool, string) {
-	switch {
-	case !s.EtcdConnected && s.EtcdSince.IsZero():
-		return false, "not ready: no snapshot from etcd yet"
-	case !s.EtcdConnected:
-		return false, fmt.Sprintf("not ready: etcd unreachable since %s (%s); the last good config stays live",
-			s.EtcdSince.UTC().Format(time.RFC3339), s.EtcdError)
-	case s.Held != "":
-		return false, "not ready: render held: " + s.Held
-	case s.Applied < s.Revision:
-		msg := fmt.Sprintf("not ready: revision %d seen, %d live", s.Revision, s.Applied)
-		if s.LastError != "" {
-			msg += "; last error: " + s.LastError
-		}
-		return false, msg
-	default:
-		return true, fmt.Sprintf("ready: revision %d live", s.Applied)
-	}
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // Serve runs the HTTP endpoints on addr until ctx ends. It returns once

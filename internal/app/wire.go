@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"reflect"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -104,21 +105,13 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 
 // NewManager builds the HAProxy manager that cfg describes.
 func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error) {
-	return newManager(cfg, logger, nil)
-}
-
-// newManager is NewManager with a hook run before each start or reload.
-func newManager(cfg config.Config, logger *slog.Logger, before func(context.Context, haproxy.Action, []byte) (func(bool, error), error)) (*haproxy.Manager, error) {
 	m, err := haproxy.New(haproxy.Options{
-		BeforeReload: before,
 		Bin:          cfg.HAProxyBin,
 		ConfigPath:   cfg.Output,
 		PIDFile:      cfg.PIDFile,
 		Socket:       cfg.RuntimeSocket,
 		ReloadCmd:    cfg.ReloadCmd,
 		Settle:       cfg.Settle,
-		Mode:         cfg.Apply,
-		DrainTimeout: cfg.DrainTimeout,
 		StateFile:    cfg.StateFile,
 		Supervise:    cfg.Supervise,
 		MasterSocket: masterSocket(cfg),
@@ -236,14 +229,14 @@ func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.Etcd
 	return w, nil
 }
 
-// Reloader re-reads the configuration (file, environment, flags) for a
-// config-file change or SIGHUP.
-type Reloader func() (config.Config, error)
+// SettingsReader re-reads the configuration (file, environment, flags)
+// for a config-file change or SIGHUP.
+type SettingsReader func() (config.Config, error)
 
 // Run is `haconfd run`: wire everything from cfg and drive the loop until
 // ctx ends. reload (may be nil) re-reads the settings on SIGHUP or when
 // the config file changes; templates are re-read then too.
-func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File, reload Reloader) error {
+func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os.File, reload SettingsReader) error {
 	if cfg.Once {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, onceTimeout)
@@ -265,59 +258,81 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 	if err != nil {
 		return err
 	}
-	fl := newFleetGlue(cfg, logger)
-	var before func(context.Context, haproxy.Action, []byte) (func(bool, error), error)
-	if fl != nil {
-		before = fl.beforeReload
-	}
-	mgr, err := newManager(cfg, logger, before)
+	mgr, err := NewManager(cfg, logger)
 	if err != nil {
 		return err
+	}
+	var rt Runtime
+	if cfg.RuntimeSocket != "" && cfg.Apply != config.ApplyReload && !cfg.DryRun {
+		r, err := haproxy.NewRuntime(cfg.RuntimeSocket, logger.With("component", "runtime"))
+		if err != nil {
+			return configErr(fmt.Errorf("--runtime-socket: %w", err))
+		}
+		rt = r
 	}
 	etcd, err := ConnectEtcd(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer etcd.Close()
+	fl := newFleetGlue(cfg, logger)
 	if fl != nil {
 		if err := fl.attach(etcd.Client); err != nil {
 			return err
 		}
 	}
-	metrics := NewMetrics()
-	loop := New(nil, fl.renderer(rend), fl.applier(mgr), Options{
-		WaitMin:    cfg.WaitMin,
-		WaitMax:    cfg.WaitMax,
-		MinServers: cfg.MinServers,
-		MaxRemove:  cfg.MaxRemove,
-		GuardHold:  cfg.GuardHold,
-		Force:      cfg.Force,
-		Once:       cfg.Once,
-		DryRun:     cfg.DryRun,
-		DryRunOut:  stdout,
-		Checker:    mgr,
-		Metrics:    metrics,
-		Logger:     logger.With("component", "loop"),
+	board, bus, metrics := &Board{}, NewBus(), NewMetrics()
+	version := haproxyVersion(ctx, cfg.HAProxyBin)
+	board.Update(func(s *Status) { s.HAProxy.Version = version })
+	var slot ReloadSlot
+	if fl != nil {
+		slot = fl.slot()
+	}
+	target := NewHAProxyTarget(rend, mgr, rt, slot, HAProxyOptions{
+		Mode:         cfg.Apply,
+		DrainTimeout: cfg.DrainTimeout,
+		Guards: GuardOptions{
+			MinServers: cfg.MinServers,
+			MaxRemove:  cfg.MaxRemove,
+			Hold:       cfg.GuardHold,
+			Force:      cfg.Force,
+		},
+		SingleWriter: cfg.SingleWriter || cfg.WriterBind != "",
+		DryRun:       cfg.DryRun,
+		DryRunOut:    stdout,
+		Logger:       logger.With("component", "loop"),
+		Bus:          bus,
+		Board:        board,
+		Metrics:      metrics,
 	})
 	src, err := watch.NewEtcd(etcd.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
-		OnStatus: loop.EtcdStatus,
+		OnStatus: func(st watch.Status) { etcdStatus(board, bus, metrics, st) },
 		TLS:      etcd.TLS,
 	})
 	if err != nil {
 		return configErr(err)
 	}
-	loop.src = src
+	progress := newProgress()
+	loop := NewLoop(src, target, LoopOptions{
+		WaitMin:    cfg.WaitMin,
+		WaitMax:    cfg.WaitMax,
+		Resync:     cfg.Resync,
+		Once:       cfg.Once,
+		Logger:     logger.With("component", "loop"),
+		Heartbeat:  progress.beat,
+		OnSnapshot: func(s watch.Snapshot) { recordSnapshot(board, bus, metrics, s) },
+	})
 	if cfg.Listen != "" && !cfg.Once {
-		addr, err := Serve(ctx, cfg.Listen, loop.Handler(), logger)
+		addr, err := Serve(ctx, cfg.Listen, Handler(board, bus, metrics), logger)
 		if err != nil {
 			return err
 		}
-		logger.Info("serving /metrics /healthz /readyz /status", "listen", addr)
+		logger.Info("serving /metrics /healthz /readyz /status /events", "listen", addr)
 	}
 	if !cfg.Once {
-		go watchReloads(ctx, cfg, reload, loop, fl, logger.With("component", "reload"))
+		go watchReloads(ctx, cfg, reload, target, logger.With("component", "reload"))
 	}
 	var fleetDone chan struct{}
 	fleetCtx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
@@ -326,20 +341,20 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		fleetDone = make(chan struct{})
 		go func() {
 			defer close(fleetDone)
-			fl.run(fleetCtx, loop)
+			fl.run(fleetCtx, board, bus)
 		}()
 		logger.Info("publishing instance status", "instance", fl.pub.Instance(), "key", cfg.StatusPrefix+"/"+fl.pub.Instance(),
 			"ttl", cfg.StatusTTL, "max_concurrent_reloads", cfg.MaxConcurrentReloads)
 	}
-	logger.Info("haconfd running", "prefixes", cfg.Prefixes, "output", cfg.Output, "wait", cfg.Wait)
+	logger.Info("haconfd running", "prefixes", cfg.Prefixes, "output", cfg.Output, "wait", cfg.Wait, "apply", cfg.Apply, "haproxy", version)
 	// systemd (Type=notify): ready once the loop runs (an etcd outage at
 	// boot must not fail the unit: the last good config stays live), and
-	// watchdog pings while the loop answers.
+	// watchdog pings while the loop makes progress.
 	wdCtx, wdStop := context.WithCancel(ctx)
 	wdDone := make(chan struct{})
 	go func() {
 		defer close(wdDone)
-		Watchdog(wdCtx, logger.With("component", "systemd"), func() bool { _ = loop.Status(); return true })
+		Watchdog(wdCtx, logger.With("component", "systemd"), progress.healthy)
 	}()
 	NotifyReady(logger)
 	err = loop.Run(ctx)
@@ -362,11 +377,77 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 	return err
 }
 
+// recordSnapshot notes a new revision from etcd (LoopOptions.OnSnapshot).
+func recordSnapshot(board *Board, bus *Bus, m *Metrics, s watch.Snapshot) {
+	board.Update(func(st *Status) {
+		st.Revision = s.Revision
+		if !st.EtcdConnected {
+			st.EtcdConnected, st.EtcdSince = true, time.Now()
+		}
+	})
+	if m != nil {
+		m.SeenRev.Set(float64(s.Revision))
+	}
+	bus.Publish(Event{Kind: EventSnapshot, Rev: s.Revision})
+}
+
+// etcdStatus records the state of the etcd connection (watch.Options.OnStatus).
+func etcdStatus(board *Board, bus *Bus, m *Metrics, st watch.Status) {
+	board.Update(func(s *Status) {
+		s.EtcdConnected = st.Connected
+		s.EtcdSince = st.Since
+		s.EtcdError = ""
+		if st.Err != nil {
+			s.EtcdError = st.Err.Error()
+		}
+	})
+	if m != nil {
+		m.EtcdConnected.Set(b2f(st.Connected))
+	}
+	e := Event{Kind: EventEtcd, Detail: "connected"}
+	if !st.Connected {
+		e.Detail = "unreachable"
+		if st.Err != nil {
+			e.Err = st.Err.Error()
+		}
+	}
+	bus.Publish(e)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// progress tells the systemd watchdog whether the loop goes round: the
+// loop beats at least every second while it is not stuck.
+type progress struct {
+	mu   sync.Mutex
+	last time.Time
+}
+
+func newProgress() *progress { return &progress{last: time.Now()} }
+
+func (p *progress) beat() {
+	p.mu.Lock()
+	p.last = time.Now()
+	p.mu.Unlock()
+}
+
+// healthy: the loop went round within the last 10 seconds.
+func (p *progress) healthy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Since(p.last) < 10*time.Second
+}
+
 // watchReloads re-reads templates (and, through reload, the settings)
 // when a template, the base file or the config file changes, or on
 // SIGHUP. A broken template or setting is reported and the running ones
 // stay in force.
-func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop *App, fl *fleetGlue, logger *slog.Logger) {
+func watchReloads(ctx context.Context, cfg config.Config, reload SettingsReader, target *HAProxyTarget, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -408,7 +489,7 @@ func watchReloads(ctx context.Context, cfg config.Config, reload Reloader, loop 
 			continue
 		}
 		logger.Info("templates and settings reloaded", "why", why)
-		loop.SetRenderer(fl.renderer(r))
+		target.SetRenderer(r)
 		running = next
 	}
 }

@@ -33,7 +33,7 @@ func TestSingleWriter(t *testing.T) {
 	}
 	node := func(id, state, index string) map[string]string {
 		p := "/components/galera/" + id
-		return map[string]string{p + "/ip": "10.0.0." + id[1:], p + "/wsrep_local_state_comment": state, p + "/wsrep_local_index": index}
+		return map[string]string{p + "/ip": "10.0.0." + id[1:], p + "/port": "3306", p + "/wsrep_local_state_comment": state, p + "/wsrep_local_index": index}
 	}
 	kvs := func(ns ...map[string]string) map[string]string {
 		m := map[string]string{}

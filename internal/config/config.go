@@ -67,6 +67,7 @@ type Config struct {
 	Apply             string        `mapstructure:"apply"`
 	Settle            time.Duration `mapstructure:"settle"`
 	DrainTimeout      time.Duration `mapstructure:"drain-timeout"`
+	Resync            time.Duration `mapstructure:"resync"`
 	StateFile         string        `mapstructure:"state-file"`
 	Supervise         bool          `mapstructure:"supervise"`
 	MasterSocket      string        `mapstructure:"master-socket"`
@@ -118,6 +119,7 @@ func Defaults() Config {
 		Apply:           ApplyAuto,
 		Settle:          200 * time.Millisecond,
 		DrainTimeout:    10 * time.Second,
+		Resync:          30 * time.Second,
 		MasterSocket:    "/run/haproxy/master.sock",
 		Wait:            "100ms:2s",
 		MinServers:      1,
@@ -160,7 +162,8 @@ var flagHelp = map[string]string{
 	"reload-cmd":             "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
 	"apply":                  "how changes reach HAProxy: auto, runtime or reload",
 	"settle":                 "how long a new HAProxy process must stay alive and answering before a reload counts as done",
-	"drain-timeout":          "how long a removed server may keep its sessions before they are shut down (runtime API)",
+	"drain-timeout":          "how long a removed server may keep its sessions before they are shut down (runtime API; the drain runs in the background)",
+	"resync":                 "how often HAProxy's live server state is compared with etcd's and repaired (a change typed on the socket, a HAProxy restarted by someone else); 0: only after reloads and reconnects",
 	"state-file":             "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
 	"supervise":              "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
 	"master-socket":          "master CLI socket for --supervise",
@@ -505,6 +508,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainTimeout < 0 {
 		bad("drain-timeout", "must not be negative")
+	}
+	if c.Resync < 0 {
+		bad("resync", "must not be negative (0 turns the periodic comparison off)")
 	}
 	if c.Supervise {
 		if c.ReloadCmd != "" {

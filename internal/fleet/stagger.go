@@ -101,6 +101,7 @@ func (s *Stagger) Acquire(ctx context.Context, a Attempt) (release func(ok bool,
 		if mu != nil {
 			if err := s.checkWave(ctx, a.Change); err != nil {
 				s.unlock(mu)
+				s.clearWaiting(ctx)
 				return nil, err
 			}
 		}
@@ -230,6 +231,17 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 	}
 	s.log.Info("reload slot taken", "slot", slot, "waited", time.Since(since).Round(time.Millisecond))
 	return mu, nil
+}
+
+// clearWaiting removes the "waiting for a reload slot" note once no slot
+// is awaited (the attempt was refused or canceled).
+func (s *Stagger) clearWaiting(ctx context.Context) {
+	if s.pub.Status().Waiting == "" {
+		return
+	}
+	if err := s.pub.Update(context.WithoutCancel(ctx), func(st *Status) { st.Waiting = "" }); err != nil {
+		s.log.Warn("publish waiting", "err", err)
+	}
 }
 
 func (s *Stagger) uncoordinated(err error) {

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -21,6 +22,10 @@ type Backend struct {
 	ID   string
 	Addr string // 127.0.0.1:port
 	Port int
+	// Hold: keep each connection open after the ID until the peer closes
+	// it (a client session), instead of closing at once.
+	hold  bool
+	conns map[net.Conn]bool
 
 	ln   net.Listener
 	wg   sync.WaitGroup
@@ -29,15 +34,29 @@ type Backend struct {
 }
 
 // StartBackend starts a backend on a free port.
-func StartBackend(id string) (*Backend, error) {
+func StartBackend(id string) (*Backend, error) { return start(id, false) }
+
+// StartHoldingBackend starts a backend that keeps each connection open
+// after writing its ID, until the client closes it: a session that a
+// removed server must drain.
+func StartHoldingBackend(id string) (*Backend, error) { return start(id, true) }
+
+func start(id string, hold bool) (*Backend, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", id, err)
 	}
-	b := &Backend{ID: id, Addr: ln.Addr().String(), Port: ln.Addr().(*net.TCPAddr).Port, ln: ln}
+	b := &Backend{ID: id, Addr: ln.Addr().String(), Port: ln.Addr().(*net.TCPAddr).Port, ln: ln, hold: hold, conns: map[net.Conn]bool{}}
 	b.wg.Add(1)
 	go b.serve()
 	return b, nil
+}
+
+// Open is the number of connections a holding backend keeps open.
+func (b *Backend) Open() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
 }
 
 func (b *Backend) serve() {
@@ -52,7 +71,22 @@ func (b *Backend) serve() {
 		b.mu.Unlock()
 		_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_, _ = c.Write([]byte(b.ID + "\n"))
-		_ = c.Close()
+		if !b.hold {
+			_ = c.Close()
+			continue
+		}
+		b.mu.Lock()
+		b.conns[c] = true
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			_, _ = io.Copy(io.Discard, c)
+			_ = c.Close()
+			b.mu.Lock()
+			delete(b.conns, c)
+			b.mu.Unlock()
+		}()
 	}
 }
 
@@ -63,10 +97,35 @@ func (b *Backend) Hits() int {
 	return b.hits
 }
 
-// Close stops the backend and waits for its goroutine.
+// Close stops the backend, ends the connections it holds and waits for
+// its goroutines.
 func (b *Backend) Close() {
 	_ = b.ln.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		_ = c.Close()
+	}
+	b.mu.Unlock()
 	b.wg.Wait()
+}
+
+// Hold connects to addr until the backend id answers (at most tries
+// connections) and returns that connection, open: a session on id.
+func Hold(addr, id string, tries int) (net.Conn, error) {
+	for range tries {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) == id {
+			_ = c.SetReadDeadline(time.Time{})
+			return c, nil
+		}
+		_ = c.Close()
+	}
+	return nil, fmt.Errorf("no connection through %s reached %s in %d tries", addr, id, tries)
 }
 
 // Ask connects to addr and returns the line the backend behind it

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -29,8 +32,8 @@ const (
 	stableRun = 10 * time.Second
 )
 
-// masterProc is one HAProxy master process started by the Manager.
-type masterProc struct {
+// masterChild is one HAProxy master process started by the supervisor.
+type masterChild struct {
 	cmd     *exec.Cmd
 	pid     int
 	started time.Time
@@ -38,7 +41,7 @@ type masterProc struct {
 	err     error         // Wait's result, set before exited is closed
 }
 
-func (p *masterProc) alive() bool {
+func (p *masterChild) alive() bool {
 	select {
 	case <-p.exited:
 		return false
@@ -129,7 +132,7 @@ func masterCommand(ctx context.Context, socket, command string) (string, error) 
 	return string(reply), nil
 }
 
-func (m *Manager) showProc(ctx context.Context) (procInfo, error) {
+func (m *masterProc) showProc(ctx context.Context) (procInfo, error) {
 	out, err := masterCommand(ctx, m.opts.MasterSocket, "show proc")
 	if err != nil {
 		return procInfo{}, err
@@ -138,7 +141,7 @@ func (m *Manager) showProc(ctx context.Context) (procInfo, error) {
 }
 
 // startMaster starts a new master on the live config file. Caller holds m.mu.
-func (m *Manager) startMaster() (*masterProc, error) {
+func (m *masterProc) startMaster() (*masterChild, error) {
 	args := []string{"-W", "-S", m.opts.MasterSocket + ",mode,660", "-f", m.opts.ConfigPath}
 	if m.opts.PIDFile != "" {
 		args = append(args, "-p", m.opts.PIDFile)
@@ -156,10 +159,9 @@ func (m *Manager) startMaster() (*masterProc, error) {
 		_ = r.Close()
 		return nil, fmt.Errorf("%w: %s %s: %v", ErrStartFailed, m.opts.Bin, strings.Join(args, " "), err)
 	}
-	p := &masterProc{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{})}
+	p := &masterChild{cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), exited: make(chan struct{})}
 	m.master = p
 	m.closing.Store(false)
-	m.remember(p.pid)
 	// Workers inherit the output pipe and may outlive the master briefly:
 	// reading it and reaping the master are separate goroutines.
 	m.wg.Go(func() {
@@ -177,7 +179,7 @@ func (m *Manager) startMaster() (*masterProc, error) {
 
 // logOutput logs the master's output, one record per line, and keeps the
 // last alert for error messages.
-func (m *Manager) logOutput(p *masterProc, r io.Reader) {
+func (m *masterProc) logOutput(p *masterChild, r io.Reader) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
@@ -198,7 +200,7 @@ func (m *Manager) logOutput(p *masterProc, r io.Reader) {
 }
 
 // lastAlertSuffix is ": <last alert>" of the master's output, or "".
-func (m *Manager) lastAlertSuffix() string {
+func (m *masterProc) lastAlertSuffix() string {
 	m.outMu.Lock()
 	defer m.outMu.Unlock()
 	return alertSuffix(m.lastAlert)
@@ -208,7 +210,7 @@ func (m *Manager) lastAlertSuffix() string {
 // backoff, unless Stop ended it or another process already replaced it.
 // A restart takes m.mu, so it never races an Apply: after a failed
 // reload, Apply has restored the previous file before a restart reads it.
-func (m *Manager) onMasterExit(p *masterProc) {
+func (m *masterProc) onMasterExit(p *masterChild) {
 	m.mu.Lock()
 	if m.closing.Load() || m.master != p {
 		m.mu.Unlock()
@@ -237,6 +239,10 @@ func (m *Manager) onMasterExit(p *masterProc) {
 		m.mu.Unlock()
 		if err == nil {
 			m.log.Info("haproxy master restarted", "old_pid", p.pid, "pid", np.pid)
+			select {
+			case m.restartCh <- struct{}{}:
+			default:
+			}
 			return
 		}
 		m.log.Error("haproxy master restart failed", "err", err)
@@ -245,7 +251,7 @@ func (m *Manager) onMasterExit(p *masterProc) {
 
 // supervisedState is procState in master-worker mode: pids are the
 // current workers.
-func (m *Manager) supervisedState(ctx context.Context) procState {
+func (m *masterProc) state(ctx context.Context) procState {
 	var st procState
 	if m.master == nil || !m.master.alive() {
 		return st
@@ -267,7 +273,7 @@ func (m *Manager) supervisedState(ctx context.Context) procState {
 
 // launchSupervised starts the master, or reloads it through the master
 // CLI, then verifies the new worker. It returns the new worker's pid.
-func (m *Manager) launchSupervised(ctx context.Context, old procState) (int, error) {
+func (m *masterProc) launch(ctx context.Context, old procState) (int, error) {
 	m.outMu.Lock()
 	m.lastAlert = ""
 	m.outMu.Unlock()
@@ -308,7 +314,7 @@ func (m *Manager) launchSupervised(ctx context.Context, old procState) (int, err
 
 // waitWorker polls "show proc" until a worker that is not one of old
 // runs. failedBefore >= 0 makes a grown failure count an error.
-func (m *Manager) waitWorker(ctx context.Context, p *masterProc, old []int, failedBefore int) (int, error) {
+func (m *masterProc) waitWorker(ctx context.Context, p *masterChild, old []int, failedBefore int) (int, error) {
 	wctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
 	defer cancel()
 	var last error
@@ -325,7 +331,6 @@ func (m *Manager) waitWorker(ctx context.Context, p *masterProc, old []int, fail
 		default:
 			for _, w := range pi.workers {
 				if !slices.Contains(old, w) {
-					m.remember(w)
 					return w, nil
 				}
 			}
@@ -339,8 +344,8 @@ func (m *Manager) waitWorker(ctx context.Context, p *masterProc, old []int, fail
 
 // verifySupervised: the worker answers on the stats socket (when set) with
 // its pid, and still runs after Settle.
-func (m *Manager) verifySupervised(ctx context.Context, p *masterProc, worker int) error {
-	if err := m.waitAnswer(ctx, worker, ""); err != nil {
+func (m *masterProc) verifySupervised(ctx context.Context, p *masterChild, worker int) error {
+	if err := waitAnswer(ctx, m.opts.Socket, worker, ""); err != nil {
 		return err
 	}
 	if err := sleepCtx(ctx, m.opts.Settle); err != nil {
@@ -361,7 +366,7 @@ func (m *Manager) verifySupervised(ctx context.Context, p *masterProc, worker in
 
 // stopSupervised ends the master (SIGUSR1 soft stop, SIGTERM, SIGKILL)
 // and waits for its goroutines. Caller does not hold m.mu.
-func (m *Manager) stopSupervised(ctx context.Context, p *masterProc) error {
+func (m *masterProc) stopSupervised(ctx context.Context, p *masterChild) error {
 	if p == nil {
 		return nil
 	}
@@ -387,4 +392,100 @@ func (m *Manager) stopSupervised(ctx context.Context, p *masterProc) error {
 		return fmt.Errorf("stop haproxy: master %d still alive after SIGKILL", p.pid)
 	}
 	return nil
+}
+
+// masterProc supervises HAProxy in master-worker mode: the master is
+// haconfd's child ("haproxy -W -S MasterSocket -f ConfigPath" in the
+// foreground), restarted when it dies (backoff 100ms..5s), reloaded
+// through the master CLI "reload" and confirmed by "show proc" (a new
+// worker, no new failure).
+type masterProc struct {
+	opts Options
+	log  *slog.Logger
+	// mu is the Manager's: a restart never races an apply (after a failed
+	// reload, the previous file is back before a restart reads it).
+	mu *sync.Mutex
+
+	master       *masterChild // guarded by mu
+	restartDelay time.Duration
+	closing      atomic.Bool // stop is ending the master: do not restart it
+	wg           sync.WaitGroup
+	outMu        sync.Mutex
+	lastAlert    string
+	restartCh    chan struct{}
+}
+
+func newMasterProc(opts Options, log *slog.Logger, mu *sync.Mutex) *masterProc {
+	return &masterProc{opts: opts, log: log, mu: mu, restartCh: make(chan struct{}, 1)}
+}
+
+func (m *masterProc) restarts() <-chan struct{} { return m.restartCh }
+
+// masterPID is the pid of the current master (0 if none).
+func (m *masterProc) masterPID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.master == nil {
+		return 0
+	}
+	return m.master.pid
+}
+func (m *masterProc) adopt() bool               { return false }
+func (m *masterProc) canReload(procState) string {
+	return ""
+}
+
+func (m *masterProc) healthy(st procState) bool {
+	if m.master == nil || !m.master.alive() || len(st.pids) == 0 {
+		return false
+	}
+	return m.opts.Socket == "" || (st.answering && !st.stopping && slices.Contains(st.pids, st.infoPID))
+}
+
+func (m *masterProc) running(procState) bool { return m.master != nil && m.master.alive() }
+
+// dropStateFile removes StateFile before a fresh start.
+func (m *masterProc) dropStateFile() {
+	if m.opts.StateFile == "" {
+		return
+	}
+	if err := removeDurable(m.opts.StateFile); err != nil {
+		m.log.Warn("remove server state file", "err", err)
+	}
+}
+
+// recover after a failed master reload: the old workers keep serving
+// when they still answer; otherwise the master is started again on the
+// previous file (or stopped when there was none).
+func (m *masterProc) recover(ctx context.Context, old procState, _ int, prevExists bool) (int, error) {
+	if len(old.pids) > 0 && m.opts.Socket != "" {
+		if info, err := ShowInfo(ctx, m.opts.Socket); err == nil {
+			pid, _ := strconv.Atoi(info["Pid"])
+			if slices.Contains(old.pids, pid) && info["Stopping"] != "1" && alive(pid) {
+				return pid, nil
+			}
+		}
+	}
+	if !prevExists {
+		m.closing.Store(true)
+		return 0, m.stopSupervised(ctx, m.master)
+	}
+	pid, err := m.launch(ctx, m.state(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("reload of the previous config: %w", err)
+	}
+	return pid, nil
+}
+
+// stop ends the master and its workers, then any older worker of this
+// config still finishing its connections.
+func (m *masterProc) stop(ctx context.Context) error {
+	m.closing.Store(true)
+	m.mu.Lock()
+	p := m.master
+	m.mu.Unlock()
+	serr := m.stopSupervised(ctx, p)
+	m.wg.Wait() // supervision goroutines
+	err := stopProcesses(ctx, m.log, m.opts, ourProcesses(m.opts.ConfigPath, nil))
+	return errors.Join(serr, err)
 }
