@@ -1,12 +1,25 @@
 # haconfd — see README.md. `make demo` and `make test` do all set-up on a
 # fresh Debian machine (they install HAProxy from Debian when missing).
+#
+# Two HAProxy versions: the machine's (Debian 12: 2.6) and 3.0 LTS (Debian
+# 13's package, `make haproxy30` installs it into .cache/haproxy-3.0).
+# `make test` runs the packages whose tests start HAProxy against each one
+# that is there; CI (CI=true) fails when 3.0 is missing. Any test package
+# runs against another binary with HACONFD_TEST_HAPROXY=/path/to/haproxy.
 GO      ?= go
 BIN     := bin/haconfd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# HAProxy 3.0 as scripts/install-haproxy30.sh installs it.
+HAPROXY30 ?= $(CURDIR)/.cache/haproxy-3.0/bin/haproxy
+# The machine's HAProxy, as the tests find it (internal/testhaproxy).
+HAPROXY   := $${HACONFD_TEST_HAPROXY:-$$(command -v haproxy || echo /usr/sbin/haproxy)}
+# The packages whose tests start HAProxy: those that use internal/testhaproxy.
+HAPROXY_PKGS = $$($(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}} ' ./... | \
+	sed -n 's| \(.* \)*github.com/haconfd/haconfd/internal/testhaproxy .*||p')
 
-.PHONY: all build test demo bench lint deps fmt clean fuzz readme
+.PHONY: all build test demo bench lint deps fmt clean fuzz readme haproxy30
 
 FUZZTIME ?= 30s
 
@@ -25,14 +38,33 @@ lint:
 		if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+haproxy30:
+	scripts/install-haproxy30.sh
+
+# Every package against the machine's HAProxy, then the HAProxy packages
+# again against 3.0. The line before each run names the version.
 test: deps lint
+	@export PATH="$$PATH:/usr/sbin"; echo "== go test ./... against $$($(HAPROXY) -v | sed -n 1p) ($(HAPROXY))"
 	PATH="$$PATH:/usr/sbin" $(GO) test -race -count=1 -timeout 15m ./...
+	@if [ -x "$(HAPROXY30)" ]; then \
+		echo "== the HAProxy packages again, against $$($(HAPROXY30) -v | sed -n 1p) ($(HAPROXY30))"; \
+		PATH="$$PATH:/usr/sbin" HACONFD_TEST_HAPROXY=$(HAPROXY30) $(GO) test -race -count=1 -timeout 15m $(HAPROXY_PKGS); \
+	elif [ "$$CI" = true ]; then \
+		echo "HAProxy 3.0 is missing at $(HAPROXY30) (CI=true): run make haproxy30"; exit 1; \
+	else \
+		echo "== HAProxy 3.0 not installed at $(HAPROXY30): not tested against it (make haproxy30 installs it)"; \
+	fi
 
 demo: deps build
 	PATH="$$PATH:/usr/sbin" $(GO) run ./examples/demo -haconfd $(BIN)
 
+# The whole table against the machine's HAProxy, then the rows that
+# depend on HAProxy against 3.0 when it is installed.
 bench: deps build
 	PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN)
+	@if [ -x "$(HAPROXY30)" ]; then \
+		PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN) -haproxy $(HAPROXY30) -only "reload path,runtime path,churn,storm"; \
+	fi
 
 # The flag reference in README.md, from the cobra commands.
 readme:
@@ -51,3 +83,8 @@ clean:
 .PHONY: e2e-galera
 e2e-galera:
 	bash e2e/galera/run.sh
+
+# The same against HAProxy 3.0 (installs it first).
+.PHONY: e2e-galera30
+e2e-galera30:
+	bash e2e/galera/run.sh --haproxy30

@@ -68,10 +68,6 @@ func newExWorld(t *testing.T) *exWorld {
 			t.Fatal(err)
 		}
 	}
-	haproxyBin, err := exec.LookPath("haproxy")
-	if err != nil {
-		t.Fatal(err)
-	}
 	rw := strings.NewReplacer(
 		"/usr/local/bin/haconfd", haconfdBin,
 		"/usr/sbin/haproxy", haproxyBin,

@@ -22,26 +22,45 @@ import (
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/internal/testbed"
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
 // haconfdBin is the binary built once by TestMain.
 var haconfdBin string
+
+// haproxyBin is the HAProxy every test runs against (testhaproxy.Find:
+// $HACONFD_TEST_HAPROXY, else haproxy on PATH or in /usr/sbin). TestMain
+// also puts it first on PATH as "haproxy", for the processes that look it
+// up themselves: haconfd's default --haproxy-bin, confd check_cmd lines,
+// the examples' scripts.
+var haproxyBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(buildAndRun(m))
 }
 
 func buildAndRun(m *testing.M) int {
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: the haproxy binary is required (apt-get install -y haproxy); run `make test`")
+	hp, err := testhaproxy.Find()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: HAProxy is required: %v; run `make test`\n", err)
 		return 1
 	}
+	fmt.Fprintf(os.Stderr, "e2e: %s\n", hp)
+	haproxyBin = hp.Path
 	dir, err := os.MkdirTemp("", "haconfd-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	path, err := hp.ShimPATH(filepath.Join(dir, "path"), os.Getenv("PATH"))
+	if err == nil {
+		err = os.Setenv("PATH", path)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	haconfdBin = filepath.Join(dir, "haconfd")
 	build := exec.Command("go", "build", "-race", "-o", haconfdBin, "../cmd/haconfd")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr

@@ -252,7 +252,7 @@ func TestKillDuringApplies(t *testing.T) {
 		if live == "" || !strings.HasSuffix(live, "\n") || !strings.Contains(live, "listen galera") {
 			t.Fatalf("round %d: config file incomplete after SIGKILL:\n%s", round, live)
 		}
-		if out, err := exec.Command("haproxy", "-c", "-q", "-f", e.cfgPath).CombinedOutput(); err != nil {
+		if out, err := exec.Command(haproxyBin, "-c", "-q", "-f", e.cfgPath).CombinedOutput(); err != nil {
 			t.Fatalf("round %d: config left by a killed haconfd is invalid: %v\n%s", round, err, out)
 		}
 		matches, _ := filepath.Glob(filepath.Join(e.dir, ".haconfd-stage-*"))

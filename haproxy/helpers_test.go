@@ -18,18 +18,29 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
-const haproxyBin = "/usr/sbin/haproxy"
+// haproxyBin is the HAProxy the tests run against (testhaproxy.Find:
+// $HACONFD_TEST_HAPROXY, else haproxy on PATH or in /usr/sbin); "" when
+// there is none outside CI.
+var haproxyBin string
 
 func TestMain(m *testing.M) {
+	b, err := testhaproxy.Announce("haproxy")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	haproxyBin = b.Path
 	goleak.VerifyTestMain(m)
 }
 
 func requireHAProxy(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(haproxyBin); err != nil {
-		t.Skipf("haproxy not installed at %s", haproxyBin)
+	if haproxyBin == "" {
+		t.Skip("no HAProxy to test against (see the first line of this package's output)")
 	}
 }
 

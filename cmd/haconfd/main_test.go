@@ -5,8 +5,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
 var updateReadme = flag.Bool("update-readme", false, "rewrite the flags section of README.md")
@@ -50,6 +55,7 @@ func TestExitCodes(t *testing.T) {
 	bad := filepath.Join(dir, "bad.tmpl")
 	os.WriteFile(bad, []byte("listen x\n{{ if }}\n"), 0o644)
 	out := filepath.Join(dir, "haproxy.cfg")
+	const real = "@haproxy" // the HAProxy the tests run against
 	cases := []struct {
 		args []string
 		code int
@@ -58,8 +64,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"version"}, 0, "haconfd "},
 		{[]string{"run", "--no-such-flag"}, 2, "unknown flag: --no-such-flag"},
 		{[]string{"run", "--wait", "soon", "--output", out}, 2, `--wait: "soon"`},
-		{[]string{"run", "--validate-config", "--output", out}, 0, "config OK"},
-		{[]string{"run", "--validate-config", "--output", out, "--template", bad}, 2, "bad.tmpl:2"},
+		{[]string{"run", "--validate-config", "--output", out, "--haproxy-bin", real}, 0, "config OK"},
+		{[]string{"run", "--validate-config", "--output", out, "--haproxy-bin", real, "--template", bad}, 2, "bad.tmpl:2"},
 		{[]string{"run", "--validate-config", "--output", out, "--haproxy-bin", "/nonexistent/haproxy"}, 2, "--haproxy-bin"},
 		{[]string{"render", "--format", "xml", "--output", out}, 2, "--format"},
 		{[]string{"render", "--from-file", filepath.Join(dir, "missing.json"), "--output", out, "--validate=false"}, 2, "--from-file"},
@@ -67,11 +73,83 @@ func TestExitCodes(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			args := slices.Clone(tc.args)
+			if i := slices.Index(args, real); i >= 0 {
+				args[i] = testhaproxy.Require(t).Path
+			}
 			var o bytes.Buffer
-			code := execute(tc.args, &o, &o)
+			code := execute(args, &o, &o)
 			if code != tc.code || !strings.Contains(o.String(), tc.want) {
 				t.Fatalf("exit %d (want %d), output:\n%s", code, tc.code, o.String())
 			}
 		})
 	}
+}
+
+// An HAProxy older than 2.6, or a binary whose -v names no version:
+// `run` and `run --validate-config` exit 2 with one line that names
+// --haproxy-bin, the binary, what it found and why, and write nothing.
+func TestHAProxyVersionRefused(t *testing.T) {
+	dir := t.TempDir()
+	fake := func(name, script string) string {
+		path := filepath.Join(dir, name, "haproxy")
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	old := fake("2.4", `echo "HAProxy version 2.4.22-0ubuntu0.22.04.3 2023/08/09 - https://haproxy.org/"`)
+	garbage := fake("garbage", `echo "Usage: something else"`)
+	out := filepath.Join(dir, "haproxy.cfg")
+	cases := []struct {
+		name, bin, want string
+	}{
+		{"2.4", old, "haconfd: --haproxy-bin " + old + ": unsupported HAProxy version: 2.4.22 is older than 2.6, the oldest haconfd runs on\n"},
+		{"garbage", garbage, "haconfd: --haproxy-bin: " + garbage + ` -v: no HAProxy version: printed "Usage: something else", not a line like "HAProxy version 2.6.12 ..."` + "\n"},
+	}
+	for _, tc := range cases {
+		for _, mode := range [][]string{{"run", "--validate-config"}, {"run"}, {"run", "--once"}} {
+			t.Run(tc.name+" "+strings.Join(mode, " "), func(t *testing.T) {
+				// No etcd listens on the endpoint: the check comes first.
+				args := append(slices.Clone(mode), "--output", out, "--haproxy-bin", tc.bin,
+					"--etcd-endpoints", "http://127.0.0.1:1", "--listen", "")
+				var o syncBuffer
+				done := make(chan int, 1)
+				go func() { done <- execute(args, &o, &o) }()
+				var code int
+				select {
+				case code = <-done:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("still running after 20 s (waiting for etcd?): the HAProxy version did not stop it; output:\n%s", o.String())
+				}
+				if code != 2 || o.String() != tc.want {
+					t.Fatalf("exit %d (want 2), output:\n%s\nwant:\n%s", code, o.String(), tc.want)
+				}
+				if _, err := os.Stat(out); !os.IsNotExist(err) {
+					t.Fatalf("%s written (or unreadable: %v)", out, err)
+				}
+			})
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer for a writer and a reader in two goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

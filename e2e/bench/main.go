@@ -31,6 +31,7 @@ import (
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/internal/testbed"
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 	"github.com/haconfd/haconfd/watch"
 )
 
@@ -40,13 +41,27 @@ const prefix = "/components/galera"
 const noCheck = testbed.NoCheckTemplate
 
 var (
-	bin  = flag.String("haconfd", "bin/haconfd", "haconfd binary")
-	reps = flag.Int("n", 20, "repetitions of add/remove")
-	only = flag.String("only", "", "run only these steps (comma-separated names)")
+	bin    = flag.String("haconfd", "bin/haconfd", "haconfd binary")
+	hapBin = flag.String("haproxy", "", "HAProxy binary haconfd drives (default: $"+testhaproxy.EnvVar+", else haproxy on PATH or in /usr/sbin)")
+	reps   = flag.Int("n", 20, "repetitions of add/remove")
+	only   = flag.String("only", "", "run only these steps (comma-separated names)")
+	hap    testhaproxy.Binary // the binary -haproxy names, resolved
 )
 
 func main() {
 	flag.Parse()
+	if *hapBin != "" {
+		if err := os.Setenv(testhaproxy.EnvVar, *hapBin); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+	}
+	var err error
+	if hap, err = testhaproxy.Find(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: -haproxy: %v\n", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s\n", hap)
 	var rows []string
 	add := func(r ...string) { rows = append(rows, r...) }
 	steps := []struct {
@@ -75,6 +90,7 @@ func main() {
 		add(r...)
 	}
 	fmt.Println()
+	fmt.Printf("HAProxy %s (%s)\n\n", hap.Release(), hap.Path)
 	fmt.Println("| measurement | path | n | p50 | p90 | max | target |")
 	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -146,7 +162,7 @@ func start(template string, extra ...string) (*world, error) {
 	args := []string{"run", "--etcd-endpoints", strings.Join(w.srv.Endpoints(), ","),
 		"--output", w.cfgPath, "--pidfile", w.pidFile, "--runtime-socket", filepath.Join(dir, "admin.sock"),
 		"--bind", w.front, "--check-port", "none", "--wait", "0", "--stop-haproxy-on-exit",
-		"--listen", "", "--drain-timeout", "1s", "--log-level", "info"}
+		"--listen", "", "--drain-timeout", "1s", "--log-level", "info", "--haproxy-bin", hap.Path}
 	if template != "" {
 		tp := filepath.Join(dir, "t.tmpl")
 		if err := os.WriteFile(tp, []byte(template), 0o644); err != nil {

@@ -37,6 +37,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
 const (
@@ -56,6 +58,7 @@ func main() {
 
 type flags struct {
 	haconfd    string
+	haproxy    string
 	keep       bool
 	drainBound time.Duration
 	workers    int
@@ -64,6 +67,7 @@ type flags struct {
 func run() int {
 	var f flags
 	flag.StringVar(&f.haconfd, "haconfd", "bin/haconfd", "haconfd binary")
+	flag.StringVar(&f.haproxy, "haproxy", "", "HAProxy binary haconfd drives (default: $"+testhaproxy.EnvVar+", else haproxy on PATH or in /usr/sbin)")
 	flag.BoolVar(&f.keep, "keep", false, "keep the work directory (logs, datadirs) even on success")
 	flag.DurationVar(&f.drainBound, "drain-bound", 8*time.Second, "longest a non-Synced node may still get new connections after its state changed")
 	flag.IntVar(&f.workers, "workers", 4, "concurrent clients")
@@ -96,6 +100,7 @@ type env struct {
 	began   time.Time
 	dir     string
 	haconfd string
+	haproxy testhaproxy.Binary
 	uid     uint32
 	gid     uint32
 	nodes   []*node
@@ -416,13 +421,24 @@ func (e *env) prepare() error {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (mariadbd is started as the mysql user)")
 	}
-	for _, bin := range []string{"mariadbd", "mariadb-install-db", "rsync", "haproxy"} {
+	for _, bin := range []string{"mariadbd", "mariadb-install-db", "rsync"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			if _, err2 := os.Stat("/usr/sbin/" + bin); err2 != nil {
 				return fmt.Errorf("%s not found: apt-get install mariadb-server galera-4 rsync haproxy (run.sh does)", bin)
 			}
 		}
 	}
+	if e.f.haproxy != "" {
+		if err := os.Setenv(testhaproxy.EnvVar, e.f.haproxy); err != nil {
+			return err
+		}
+	}
+	hp, err := testhaproxy.Find()
+	if err != nil {
+		return fmt.Errorf("-haproxy: %w", err)
+	}
+	e.haproxy = hp
+	e.note("HAProxy", "%s", hp)
 	if _, err := os.Stat(galeraLib); err != nil {
 		return fmt.Errorf("%s: %w (apt-get install galera-4)", galeraLib, err)
 	}
@@ -612,7 +628,8 @@ func (e *env) startHaconfd() error {
 		"--embedded-etcd", filepath.Join(e.dir, "etcd"), "--embedded-etcd-url", e.etcdURL,
 		"--output", filepath.Join(e.dir, "haproxy.cfg"), "--pidfile", filepath.Join(e.dir, "haproxy.pid"),
 		"--runtime-socket", e.sock, "--bind", e.front, "--check-port", strconv.Itoa(checkPort),
-		"--wait", "50ms:500ms", "--stop-haproxy-on-exit", "--log-level", "debug")
+		"--wait", "50ms:500ms", "--stop-haproxy-on-exit", "--log-level", "debug",
+		"--haproxy-bin", e.haproxy.Path)
 	return err
 }
 

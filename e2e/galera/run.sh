@@ -4,7 +4,11 @@
 # (needs root: mariadbd runs as the mysql user, which root starts), builds
 # haconfd and runs e2e/galera/main.go, which starts and stops everything it
 # needs and prints a summary. Extra arguments go to it (-keep, -workers N,
-# -drain-bound D).
+# -drain-bound D, -haproxy PATH).
+#
+#   e2e/galera/run.sh --haproxy30 [args]   # against HAProxy 3.0 (Debian 13's),
+#                                          # installed by scripts/install-haproxy30.sh
+# Without it, the HAProxy is $HACONFD_TEST_HAPROXY, else Debian 12's (2.6).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -33,6 +37,13 @@ if [ ${#need[@]} -gt 0 ]; then
 	[ -z "$made_policy" ] || rm -f "$policy"
 fi
 
+haproxy=()
+if [ "${1-}" = --haproxy30 ]; then
+	shift
+	bin30=$(scripts/install-haproxy30.sh)
+	haproxy=(-haproxy "$bin30")
+fi
+
 mkdir -p bin
 go build -o bin/haconfd ./cmd/haconfd
-exec go run ./e2e/galera -haconfd bin/haconfd "$@"
+exec go run ./e2e/galera -haconfd bin/haconfd "${haproxy[@]}" "$@"

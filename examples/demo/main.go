@@ -26,16 +26,29 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/testbed"
+	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
 const prefix = "/components/galera"
 
 func main() {
 	bin := flag.String("haconfd", "bin/haconfd", "haconfd binary")
+	hapBin := flag.String("haproxy", "", "HAProxy binary haconfd drives (default: $"+testhaproxy.EnvVar+", else haproxy on PATH or in /usr/sbin)")
 	flag.Parse()
+	if *hapBin != "" {
+		if err := os.Setenv(testhaproxy.EnvVar, *hapBin); err != nil {
+			fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	hap, err := testhaproxy.Find()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: -haproxy: %v\n", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin); err != nil {
+	if err := run(ctx, *bin, hap); err != nil {
 		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
 		os.Exit(1)
 	}
@@ -43,7 +56,7 @@ func main() {
 
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
-func run(ctx context.Context, bin string) error {
+func run(ctx context.Context, bin string, hap testhaproxy.Binary) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -81,8 +94,9 @@ func run(ctx context.Context, bin string) error {
 		"--embedded-etcd", filepath.Join(dir, "etcd"), "--embedded-etcd-url", etcdURL,
 		"--output", cfgPath, "--pidfile", pidFile, "--runtime-socket", filepath.Join(dir, "admin.sock"),
 		"--bind", front, "--check-port", "none", "--wait", "50ms:500ms", "--stop-haproxy-on-exit",
+		"--haproxy-bin", hap.Path,
 	}
-	step("starting haconfd on an embedded etcd")
+	step("starting haconfd on an embedded etcd, driving %s", hap)
 	fmt.Printf("    %s %s\n", bin, strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
 	logR, logW := io.Pipe()

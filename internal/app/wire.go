@@ -254,6 +254,11 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		defer etcd.Close()
 		return RunConfdDir(ctx, g, etcd.Client, cfg.WaitMin, logger)
 	}
+	hv, err := CheckHAProxy(ctx, cfg.HAProxyBin)
+	if err != nil {
+		return err
+	}
+	logger.Info("haproxy binary", "bin", cfg.HAProxyBin, "version", hv.String())
 	rend, err := NewRenderer(cfg)
 	if err != nil {
 		return err
