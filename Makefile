@@ -44,6 +44,7 @@ haproxy30:
 # Every package against the machine's HAProxy, then the HAProxy packages
 # again against 3.0. The line before each run names the version.
 test: deps lint
+	@scripts/loopback-notrack.sh
 	@export PATH="$$PATH:/usr/sbin"; echo "== go test ./... against $$($(HAPROXY) -v | sed -n 1p) ($(HAPROXY))"
 	PATH="$$PATH:/usr/sbin" $(GO) test -race -count=1 -timeout 15m ./...
 	@if [ -x "$(HAPROXY30)" ]; then \
