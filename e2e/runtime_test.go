@@ -224,7 +224,7 @@ func adminCommand(t *testing.T, sock, cmd string) string {
 // "reload" with the reason for a structural one.
 func TestRenderPlan(t *testing.T) {
 	e := newEnv(t)
-	bs := backends(t, "db", 2)
+	bs := backends(t, "db", 5)
 	e.putAddr("db1", bs[0].Port)
 	p := e.runTemplate(noCheckTemplate)
 	e.eventually("db1 serves", func(m map[string]int) bool { return m["db1"] == 12 })
@@ -243,6 +243,28 @@ func TestRenderPlan(t *testing.T) {
 	q = e.start(append(args, "--format", "json")...)
 	if code := q.exited(30 * time.Second); code != 1 || !strings.Contains(q.Log(), `"reload": true`) || !strings.Contains(q.Log(), "listen extra") {
 		t.Fatalf("plan for a structural change: exit %d\n%s", code, q.Log())
+	}
+	e.del("/lbtest/extra/bind")
+
+	// 4 servers live, 3 of them gone from etcd: the plan says which removal
+	// the guards would hold (--max-remove 0.5: 2 go, 1 stays).
+	for i := 2; i <= 4; i++ {
+		e.putAddr(fmt.Sprintf("db%d", i), bs[i-1].Port)
+	}
+	p = e.runTemplate(noCheckTemplate)
+	e.eventually("4 serve", func(m map[string]int) bool { return len(m) == 4 && m["error"] == 0 })
+	p.stop()
+	for i := 2; i <= 4; i++ {
+		e.del(fmt.Sprintf("%s/db%d", prefix, i))
+	}
+	q = e.start(append(args, "--max-remove", "0.5")...)
+	if code := q.exited(30 * time.Second); code != 1 || !strings.Contains(q.Log(), "held: galera/db4 stays configured (max_remove:") ||
+		!strings.Contains(q.Log(), "del server galera/db2") || !strings.Contains(q.Log(), "del server galera/db3") || strings.Contains(q.Log(), "server galera/db4 state") {
+		t.Fatalf("plan with a held removal: exit %d\n%s", code, q.Log())
+	}
+	q = e.start(append(args, "--max-remove", "0.5", "--format", "json")...)
+	if code := q.exited(30 * time.Second); code != 1 || !strings.Contains(q.Log(), `"guard": "max_remove"`) {
+		t.Fatalf("json plan with a held removal: exit %d\n%s", code, q.Log())
 	}
 }
 

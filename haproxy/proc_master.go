@@ -430,7 +430,7 @@ func (m *masterProc) masterPID() int {
 	}
 	return m.master.pid
 }
-func (m *masterProc) adopt() bool               { return false }
+func (m *masterProc) adopt() bool { return false }
 func (m *masterProc) canReload(procState) string {
 	return ""
 }

@@ -214,7 +214,7 @@ unified diff against the live --output file instead, and exits like diff(1):
 				return err
 			}
 			if !diff {
-				_, err := stdout.Write(rev.Output.Config)
+				_, err := stdout.Write(rev.Desired)
 				return err
 			}
 			if !rev.Changed {
@@ -324,7 +324,7 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 	var p haproxy.Plan
 	if rev.Changed {
 		var err error
-		if p, err = haproxy.PlanChange(rev.Live, rev.Output.Config); err != nil {
+		if p, err = haproxy.PlanChange(rev.Live, rev.Desired); err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
 		}
 	}
@@ -349,11 +349,18 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 			Changed  bool  `json:"changed"`
 			Revision int64 `json:"revision"`
 			haproxy.Plan
-		}{true, rev.Revision, p}); err != nil {
+			Held []app.HeldServer `json:"held,omitempty"`
+		}{true, rev.Revision, p, rev.Held}); err != nil {
 			return err
 		}
-	} else if _, err := io.WriteString(w, p.String()+"\n"); err != nil {
-		return err
+	} else {
+		text := p.String()
+		for _, h := range rev.Held {
+			text += fmt.Sprintf("held: %s/%s stays configured (%s: %s)\n", h.Section, h.Server, h.Guard, h.Reason)
+		}
+		if _, err := io.WriteString(w, text+"\n"); err != nil {
+			return err
+		}
 	}
 	return &exitError{code: 1}
 }

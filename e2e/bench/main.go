@@ -70,6 +70,7 @@ func main() {
 	}{
 		{"reload path", func() ([]string, error) { return convergence("reload", "", "--apply", "reload") }},
 		{"runtime path", func() ([]string, error) { return convergence("runtime", noCheck) }},
+		{"lanes", lanesBench},
 		{"churn", churn},
 		{"storm", storm},
 		{"render+plan", renderPlan},

@@ -165,6 +165,13 @@ func run(ctx context.Context, bin string, hap testhaproxy.Binary) error {
 		return err
 	}
 	printSeen(seen)
+	// The runtime API took db2 out at once; the file follows once haproxy
+	// -c accepted it (tens of milliseconds).
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(cfgPath); err == nil && !strings.Contains(string(b), " db2 ") {
+			break
+		}
+	}
 	printListen(cfgPath)
 	fmt.Println("\n    db2 is gone from the config and gets no connections; db1 and db3 kept serving.")
 	if pidAfter, _ := os.ReadFile(pidFile); strings.TrimSpace(string(pidAfter)) == strings.TrimSpace(string(pidBefore)) {

@@ -19,6 +19,10 @@ import (
 	"github.com/haconfd/haconfd/render"
 )
 
+// fleetSettle is how long the fleet status waits after an event before it
+// is published (events of one change arrive within it).
+const fleetSettle = 50 * time.Millisecond
+
 // fleetGlue joins the loop and internal/fleet: it publishes the instance
 // status whenever the loop reports an event, and gives the reload lane
 // its fleet-wide reload slot (ReloadSlot).
@@ -171,12 +175,17 @@ func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
 			return
 		case <-t.C:
 		case <-events:
-			// Coalesce a burst of events into one update.
-			for more := true; more; {
+			// Coalesce a burst of events into one update, a little later:
+			// the status write must not compete with the fast lane.
+			settle := time.NewTimer(fleetSettle)
+			for waiting := true; waiting; {
 				select {
 				case <-events:
-				default:
-					more = false
+				case <-settle.C:
+					waiting = false
+				case <-ctx.Done():
+					settle.Stop()
+					return
 				}
 			}
 		}

@@ -21,7 +21,11 @@ import (
 
 // Review is the result of a dry-run render (`haconfd render`).
 type Review struct {
-	Output   render.Output
+	Output render.Output
+	// Desired is Output.Config with the servers the guards would keep
+	// (Held) against the live file: what haconfd would make live.
+	Desired  []byte
+	Held     []HeldServer
 	Revision int64
 	Live     []byte // the current --output file, nil if absent
 	Changed  bool   // Output.Config differs from Live
@@ -70,7 +74,7 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
-	r := Review{Output: out, Revision: snap.Revision, RenderTime: renderTime,
+	r := Review{Output: out, Desired: out.Config, Revision: snap.Revision, RenderTime: renderTime,
 		Rerender: func() (render.Output, error) { return rend.Render(in) }}
 	live, err := os.ReadFile(cfg.Output)
 	switch {
@@ -80,14 +84,31 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 	default:
 		return Review{}, fmt.Errorf("--output: %w", err)
 	}
-	r.Changed = !bytes.Equal(live, out.Config)
+	if r.Live != nil {
+		r.Desired, r.Held = guardAgainst(cfg, r.Live, out.Config)
+	}
+	r.Changed = !bytes.Equal(live, r.Desired)
 	if r.Changed && diff {
-		r.Diff, err = unifiedDiff(live, out.Config, cfg.Output, fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision))
+		r.Diff, err = unifiedDiff(live, r.Desired, cfg.Output, fmt.Sprintf("%s (rendered at revision %d)", cfg.Output, snap.Revision))
 		if err != nil {
 			return Review{}, err
 		}
 	}
 	return r, nil
+}
+
+// guardAgainst applies the per-server guards of cfg to rendered, as if
+// live were what HAProxy runs now (no earlier removals in the window):
+// what would be made live, and the servers that would be held.
+func guardAgainst(cfg config.Config, live, rendered []byte) ([]byte, []HeldServer) {
+	lr, err1 := haproxy.ServerLines(rendered)
+	ll, err2 := haproxy.ServerLines(live)
+	if err1 != nil || err2 != nil {
+		return rendered, nil
+	}
+	g := newGuardBook(GuardOptions{MinServers: cfg.MinServers, MaxRemove: cfg.MaxRemove, Hold: cfg.GuardHold, Force: cfg.Force})
+	res := g.decide(time.Now(), lr, ll)
+	return haproxy.InsertServers(rendered, res.Extra), res.Held
 }
 
 // validateTemp runs `haproxy -c` on cfg written to a private temp dir.

@@ -133,6 +133,7 @@ type HAProxyTarget struct {
 	fastClean     bool
 	lastErr       error // of the first snapshot's work (--once)
 	printed       []byte
+	snapAt        time.Time      // when the newest snapshot arrived
 	how           haproxy.Action // how the changes since the last convergence went live
 	convergedOnce bool
 	since         time.Time // when the newest render that is not live yet arrived
@@ -267,6 +268,7 @@ func (t *HAProxyTarget) onRestart() {
 
 // Snapshot renders s and reconciles at once (the fast lane).
 func (t *HAProxyTarget) Snapshot(_ context.Context, s watch.Snapshot) {
+	t.snapAt = time.Now()
 	t.snap = &s
 	t.renderSnapshot()
 	t.reconcile()
@@ -469,7 +471,8 @@ func (t *HAProxyTarget) execute(ops []haproxy.ServerOp) {
 		m.Applies.WithLabelValues("ok", string(haproxy.ActionRuntime)).Inc()
 		m.ApplyDuration.WithLabelValues(string(haproxy.ActionRuntime)).Observe(took.Seconds())
 	}
-	t.log.Info("servers changed through the runtime API", "rev", t.outRev, "commands", len(sent), "servers", strings.Join(servers, " "), "duration", took.Round(time.Microsecond))
+	t.log.Info("servers changed through the runtime API", "rev", t.outRev, "commands", len(sent), "servers", strings.Join(servers, " "),
+		"duration", took.Round(time.Microsecond), "since_snapshot", time.Since(t.snapAt).Round(time.Microsecond))
 	now := time.Now()
 	t.board.Update(func(s *Status) {
 		s.LastApply, s.LastAction = now, string(haproxy.ActionRuntime)
