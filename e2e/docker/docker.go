@@ -99,11 +99,9 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// run starts a detached, labelled container and remembers it for the
-// cleanup (newest first).
+// run starts a detached container with the label the cleanup removes by.
 func (e *env) run(ctx context.Context, name string, args ...string) error {
 	a := append([]string{"run", "-d", "--name", name, "--label", label + "=1"}, args...)
-	e.containers = append(e.containers, name)
 	_, err := docker(ctx, time.Minute, a...)
 	return err
 }
@@ -270,6 +268,23 @@ func readMetrics(addr string) (metrics, error) {
 		} else {
 			m.runtime = v
 		}
+	}
+	return m, nil
+}
+
+// waitMetrics polls /metrics until cond holds: an apply is counted when
+// it is done (a runtime removal after its drain).
+func waitMetrics(ctx context.Context, addr string, bound time.Duration, cond func(metrics) bool) (metrics, error) {
+	var m metrics
+	var err error
+	if perr := poll(ctx, bound, 200*time.Millisecond, func() bool {
+		m, err = readMetrics(addr)
+		return err == nil && cond(m)
+	}); perr != nil {
+		if ctx.Err() != nil {
+			return m, ctx.Err()
+		}
+		return m, fmt.Errorf("haconfd /metrics: %w (last %+v, err %v)", perr, m, err)
 	}
 	return m, nil
 }

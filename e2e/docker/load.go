@@ -204,6 +204,7 @@ func sqlAsk(addr, user, password, db string) (func(ctx context.Context) (string,
 // held is a connection kept open through HAProxy, echoing a line every
 // 100 ms, to see how it ends when HAProxy stops.
 type held struct {
+	conn      net.Conn
 	mu        sync.Mutex
 	lastReply time.Time
 	end       string // "eof", or the error
@@ -223,7 +224,7 @@ func holdConn(ctx context.Context, addr string) (*held, error) {
 		c.Close()
 		return nil, fmt.Errorf("held connection: no id line: %w", err)
 	}
-	h := &held{lastReply: time.Now(), done: make(chan struct{})}
+	h := &held{conn: c, lastReply: time.Now(), done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
 		defer c.Close()
@@ -256,6 +257,13 @@ func holdConn(ctx context.Context, addr string) (*held, error) {
 		}
 	}()
 	return h, nil
+}
+
+// close ends the connection from the client's side and waits for its
+// goroutine.
+func (h *held) close() {
+	_ = h.conn.Close()
+	<-h.done
 }
 
 func (h *held) result() (end string, endAt, lastReply time.Time) {

@@ -54,12 +54,11 @@ type options struct {
 
 // env is one run: what it made, what it measured.
 type env struct {
-	opt        options
-	root       string // the repository
-	work       string // logs
-	began      time.Time
-	containers []string
-	projects   []compose // compose projects up (taken down in the cleanup)
+	opt      options
+	root     string // the repository
+	work     string // logs
+	began    time.Time
+	projects []compose // compose projects up (taken down in the cleanup)
 
 	mu    sync.Mutex
 	steps []stepRow

@@ -161,15 +161,9 @@ func (e *env) sidecar(ctx context.Context) error {
 		if err != nil {
 			return "", err
 		}
-		if err := pause(ctx, 2*time.Second); err != nil {
-			return "", err
-		}
-		m1, err := readMetrics(status)
+		m1, err := waitMetrics(ctx, status, 20*time.Second, func(m metrics) bool { return m.reloads >= m0.reloads+1 })
 		if err != nil {
-			return "", err
-		}
-		if m1.reloads < m0.reloads+1 {
-			return "", fmt.Errorf("b3 is served but haconfd counted no reload (reloads %v → %v)", m0.reloads, m1.reloads)
+			return "", fmt.Errorf("b3 is served but haconfd counted no reload: %w", err)
 		}
 		pid1, err := docker(ctx, 20*time.Second, "exec", hc, "cat", "/run/haproxy/haproxy.pid")
 		if err != nil {
@@ -194,6 +188,7 @@ func (e *env) sidecar(ctx context.Context) error {
 		if err != nil {
 			return "", err
 		}
+		defer h.close()
 		t := time.Now()
 		if _, err := docker(ctx, stopTimeout+20*time.Second, "stop", "-t", "10", hc); err != nil {
 			return "", err
@@ -244,11 +239,11 @@ func (e *env) sidecar(ctx context.Context) error {
 		if err != nil {
 			return "", err
 		}
-		m1, err := readMetrics(status)
+		m1, err := waitMetrics(ctx, status, 20*time.Second, func(m metrics) bool { return m.runtime >= m0.runtime+1 })
 		if err != nil {
 			return "", err
 		}
-		if m1.reloads != m0.reloads || m1.runtime < m0.runtime+1 {
+		if m1.reloads != m0.reloads {
 			return "", fmt.Errorf("want a runtime API apply and no reload: reloads %v → %v, runtime applies %v → %v", m0.reloads, m1.reloads, m0.runtime, m1.runtime)
 		}
 		return fmt.Sprintf("last answer from b3 %s after its register stopped; runtime applies +%v, reloads +0", gone.Round(10*time.Millisecond), m1.runtime-m0.runtime), nil

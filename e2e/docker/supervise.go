@@ -180,14 +180,11 @@ func (e *env) supervise(ctx context.Context) error {
 			notes = append(notes, fmt.Sprintf("%s serving %s after register started", b, d.Round(10*time.Millisecond)))
 			e.note("supervise: "+b+" added, register start to first answer", "%s", d.Round(10*time.Millisecond))
 		}
-		if err := pause(ctx, 2*time.Second); err != nil {
-			return "", err
-		}
-		m1, err := readMetrics(status)
+		m1, err := waitMetrics(ctx, status, 20*time.Second, func(m metrics) bool { return m.runtime >= m0.runtime+1 })
 		if err != nil {
 			return "", err
 		}
-		if m1.reloads != m0.reloads || m1.runtime < m0.runtime+1 {
+		if m1.reloads != m0.reloads {
 			return "", fmt.Errorf("want runtime API applies and no reload: reloads %v → %v, runtime applies %v → %v", m0.reloads, m1.reloads, m0.runtime, m1.runtime)
 		}
 		return strings.Join(notes, "; ") + fmt.Sprintf("; runtime applies +%v, reloads +0", m1.runtime-m0.runtime), nil
@@ -219,11 +216,11 @@ func (e *env) supervise(ctx context.Context) error {
 		if err != nil {
 			return "", err
 		}
-		m1, err := readMetrics(status)
+		m1, err := waitMetrics(ctx, status, 20*time.Second, func(m metrics) bool { return m.runtime >= m0.runtime+2 })
 		if err != nil {
 			return "", err
 		}
-		if m1.reloads != m0.reloads || m1.runtime < m0.runtime+2 {
+		if m1.reloads != m0.reloads {
 			return "", fmt.Errorf("want runtime API applies and no reload: reloads %v → %v, runtime applies %v → %v", m0.reloads, m1.reloads, m0.runtime, m1.runtime)
 		}
 		e.note("supervise: b3 removed, register stop to its last answer", "%s", gone.Round(10*time.Millisecond))
@@ -363,6 +360,11 @@ func (e *env) stopHaconfd(ctx context.Context, hc, front string) (string, error)
 		}
 		hs = append(hs, h)
 	}
+	defer func() {
+		for _, h := range hs {
+			h.close()
+		}
+	}()
 	t := time.Now()
 	if _, err := docker(ctx, stopTimeout+20*time.Second, "stop", "-t", strconv.Itoa(int(stopTimeout/time.Second)), hc); err != nil {
 		return "", err
