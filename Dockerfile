@@ -10,8 +10,11 @@
 #   docker run -d --name haconfd -p 3306:3306 -p 9480:9480 haconfd/haconfd \
 #       --etcd-endpoints http://10.0.0.11:2379
 #
-# Flags given to `docker run` come after "run --supervise"; every setting can
-# also be given as HACONFD_<FLAG> (-e) or in a --config file.
+# Flags given to `docker run` come after "run --supervise
+# --stop-haproxy-on-exit"; every setting can also be given as
+# HACONFD_<FLAG> (-e) or in a --config file. `docker stop` soft-stops
+# HAProxy (its listeners close, open connections get 5 s to finish) and
+# exits 0 within Docker's default 10 s stop timeout.
 #
 # Mode 2: next to an existing HAProxy container (the official haproxy image,
 # same major version), like two containers of one pod: they share
@@ -22,7 +25,9 @@
 # runtime socket and reloads the master with SIGUSR2 (--reload-cmd).
 # examples/compose/haproxy-sidecar.yml and examples/kubernetes/ spell it out.
 #
-# The image is not built by the tests (no Docker engine there);
+# `make e2e-docker` builds this image (on a machine without a registry, from
+# base images e2e/docker/base-images.sh makes under the names below) and
+# runs both modes and examples/compose/docker-compose.yml for real;
 # e2e/examples_test.go checks that every COPY source exists, that the
 # `go build` line is the Makefile's, and runs every example's haconfd
 # command line, with this file's ENTRYPOINT and ENV, through
@@ -66,9 +71,16 @@ USER 10001:10001
 WORKDIR /var/lib/haconfd
 EXPOSE 3306 9480
 
+# The HEALTHCHECK is /readyz: etcd connected and the newest revision live.
+# It turns unhealthy after three failed probes 10 s apart, i.e. 20-30 s after
+# etcd became unreachable (or a render is held by a guard, or the newest
+# revision failed to apply); HAProxy keeps serving the last good config
+# meanwhile, and Docker does not restart an unhealthy container by itself.
 # No curl in the slim image: bash's /dev/tcp speaks enough HTTP. The port is
 # the one of HACONFD_LISTEN.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["/bin/bash", "-c", "exec 3<>\"/dev/tcp/127.0.0.1/${HACONFD_LISTEN##*:}\" && printf 'GET /healthz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/bin/bash", "-c", "exec 3<>\"/dev/tcp/127.0.0.1/${HACONFD_LISTEN##*:}\" && printf 'GET /readyz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 
-ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/haconfd", "run", "--supervise"]
+# --stop-haproxy-on-exit: on `docker stop`, haconfd soft-stops its HAProxy
+# before it exits (without it, HAProxy would be killed with the container).
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/haconfd", "run", "--supervise", "--stop-haproxy-on-exit"]

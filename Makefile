@@ -89,3 +89,11 @@ e2e-galera:
 .PHONY: e2e-galera30
 e2e-galera30:
 	bash e2e/galera/run.sh --haproxy30
+
+# The container end-to-end test: builds the image from the Dockerfile on a
+# machine without a registry (e2e/docker/base-images.sh makes its base
+# images) and runs it: supervise mode, the sidecar and the compose examples
+# (root, a running Docker engine; installs debootstrap and docker-compose).
+.PHONY: e2e-docker
+e2e-docker:
+	bash e2e/docker/run.sh
