@@ -111,6 +111,21 @@ func TestUrgentChangeWhileAnotherServerDrains(t *testing.T) {
 		t.Fatalf("db1 no longer drains (draining %v, open sessions %d): the test did not overlap", st.Draining, db1.Open())
 	}
 	t.Logf("db2 out of rotation %v after its state changed, while db1 still drains", took.Round(time.Millisecond))
+	_, body := get(t, addr, "/servers")
+	var views []app.ServerView
+	if err := json.Unmarshal([]byte(body), &views); err != nil {
+		t.Fatal(err)
+	}
+	why := map[string]app.ServerView{}
+	for _, v := range views {
+		why[v.Server] = v
+	}
+	if v := why["db1"]; !v.Draining || len(v.Reasons) == 0 {
+		t.Errorf("/servers db1 = %+v, want draining with a reason", v)
+	}
+	if v := why["db2"]; !v.Disabled || v.State != "Donor/Desynced" || len(v.Reasons) == 0 || !strings.Contains(v.Reasons[0], "not Synced") {
+		t.Errorf("/servers db2 = %+v, want out of rotation because not Synced", v)
+	}
 	_ = session.Close()
 	waitStatus(t, addr, "db1 drained", func(s app.Status) bool { return len(s.Draining) == 0 })
 	var order []string

@@ -94,6 +94,9 @@ func Handler(board *Board, bus *Bus, m *Metrics) http.Handler {
 	mux.HandleFunc("/events", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, bus.Recent())
 	})
+	mux.HandleFunc("/servers", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, board.Servers())
+	})
 	return mux
 }
 

@@ -113,10 +113,43 @@ func (s Status) Ready() (bool, string) {
 	}
 }
 
+// ServerView is one server as haconfd wants it: what etcd and the guards
+// say, and why it is in or out of rotation (for /servers and the page;
+// HAProxy's live state is read next to it).
+type ServerView struct {
+	Section  string `json:"section"`
+	Server   string `json:"server"`
+	Addr     string `json:"addr"` // ip:port as rendered
+	Weight   int    `json:"weight"`
+	Disabled bool   `json:"disabled"` // rendered "disabled": out of rotation
+	Node     string `json:"node,omitempty"`
+	State    string `json:"state,omitempty"` // the node's Galera state ("" when unpublished)
+	Held     bool   `json:"held,omitempty"`
+	Draining bool   `json:"draining,omitempty"`
+	// Reasons say why the server is out of rotation, or kept although its
+	// node left; empty for a server in rotation as etcd says.
+	Reasons []string `json:"reasons,omitempty"`
+}
+
 // Board holds the status; safe for concurrent use.
 type Board struct {
-	mu sync.Mutex
-	s  Status
+	mu      sync.Mutex
+	s       Status
+	servers []ServerView
+}
+
+// Servers returns the servers as haconfd wants them, by section and name.
+func (b *Board) Servers() []ServerView {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.servers)
+}
+
+// SetServers replaces the server views.
+func (b *Board) SetServers(v []ServerView) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.servers = v
 }
 
 // Get returns a copy of the status.

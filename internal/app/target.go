@@ -1130,6 +1130,72 @@ func (t *HAProxyTarget) publish() {
 		draining = append(draining, k)
 	}
 	t.board.Update(func(s *Status) { s.Draining = draining })
+	t.publishServers()
+}
+
+// publishServers refreshes the server views: every server of the desired
+// config, plus the ones still draining.
+func (t *HAProxyTarget) publishServers() {
+	if t.desired == nil || t.out == nil {
+		return
+	}
+	lines, err := haproxy.ServerLines(t.desired)
+	if err != nil {
+		return
+	}
+	nodes := map[string]render.Node{}
+	for _, svc := range t.out.Services {
+		for _, n := range svc.Nodes {
+			if _, dup := nodes[n.Name]; !dup {
+				nodes[n.Name] = n
+			}
+		}
+	}
+	held := map[string]HeldServer{}
+	for _, h := range t.board.Get().HeldServers {
+		held[h.Section+"/"+h.Server] = h
+	}
+	var views []ServerView
+	for _, section := range sortedKeys(lines) {
+		for _, name := range sortedKeys(lines[section]) {
+			v := ServerView{Section: section, Server: name}
+			f := strings.Fields(lines[section][name])
+			if len(f) > 2 {
+				v.Addr = f[2]
+			}
+			v.Weight = 1
+			for i := 3; i < len(f); i++ {
+				switch f[i] {
+				case "disabled":
+					v.Disabled = true
+				case "weight":
+					if i+1 < len(f) {
+						fmt.Sscan(f[i+1], &v.Weight)
+					}
+				}
+			}
+			if n, ok := nodes[name]; ok {
+				v.Node, v.State = n.ID, n.State
+				if v.Disabled && !n.Synced {
+					v.Reasons = append(v.Reasons, fmt.Sprintf("Galera state %q is not Synced", n.State))
+				}
+			}
+			if v.Disabled && len(v.Reasons) == 0 {
+				v.Reasons = append(v.Reasons, "disabled by the template")
+			}
+			if h, ok := held[section+"/"+name]; ok {
+				v.Held = true
+				v.Reasons = append(v.Reasons, fmt.Sprintf("node gone from etcd; held by %s: %s", h.Guard, h.Reason))
+			}
+			views = append(views, v)
+		}
+	}
+	for _, k := range sortedKeys(t.drains) {
+		d := t.drains[k]
+		views = append(views, ServerView{Section: d.op.Backend, Server: d.op.Server, Addr: fmt.Sprintf("%s:%d", d.op.PrevAddr, d.op.PrevPort),
+			Disabled: true, Draining: true, Reasons: []string{"node gone from etcd: draining since " + d.since.UTC().Format(time.RFC3339)}})
+	}
+	t.board.SetServers(views)
 }
 
 // fail records a failure of stage (render, plan, runtime, write, start,
