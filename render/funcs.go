@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/render/node"
 	"net"
 	"path"
 	"sort"
@@ -38,11 +39,9 @@ func (e *KeyError) Error() string { return e.Err.Error() + ": " + e.Key }
 // Unwrap returns the cause.
 func (e *KeyError) Unwrap() error { return e.Err }
 
-// KVPair is what get returns, as in confd.
-type KVPair struct {
-	Key   string
-	Value string
-}
+// KVPair is what get returns, as in confd (node.KV: the same pair the
+// node parser reads).
+type KVPair = node.KV
 
 // KVPairs is what gets returns: like confd's memkv.KVPairs it is a named
 // type, so reverse leaves it as it is (confd's reverse only reverses a plain

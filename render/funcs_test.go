@@ -41,6 +41,9 @@ func (f fakeLookup) LookupSRV(service, proto, name string) ([]*net.SRV, error) {
 	return []*net.SRV{{Target: "b.", Port: 2}, {Target: "a.", Port: 1}}, nil
 }
 
+// pfx is the prefix the tests register nodes under.
+const pfx = "/components/galera"
+
 func TestFuncs(t *testing.T) {
 	kvs := map[string]string{
 		"/a/b":                       "1",

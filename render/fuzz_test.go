@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
 )
 
 var (
@@ -54,7 +55,7 @@ func fuzzKVs(id, ip, port, host, sin, weight, state, index, value string) map[st
 }
 
 // checkNode asserts the invariants every node returned by ParseNodes holds.
-func checkNode(t *testing.T, n render.Node) {
+func checkNode(t *testing.T, n node.Node) {
 	t.Helper()
 	if n.ID == "" || len(n.ID) > 253 || strings.ContainsAny(n.ID, "/") ||
 		strings.IndexFunc(n.ID, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
@@ -94,8 +95,8 @@ func FuzzParseNodes(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, id, ip, port, host, sin, weight, state, index, value string) {
 		kvs := fuzzKVs(id, ip, port, host, sin, weight, state, index, value)
-		nodes, problems := render.ParseNodes(pfx, kvs)
-		sn, sp := render.ParseNodesSorted(pfx, sortedPairs(kvs))
+		nodes, problems := node.Parse(pfx, kvs)
+		sn, sp := node.ParseSorted(pfx, sortedPairs(kvs))
 		if !reflect.DeepEqual(sn, nodes) || !reflect.DeepEqual(sp, problems) {
 			t.Errorf("ParseNodesSorted = %+v %+v, ParseNodes = %+v %+v", sn, sp, nodes, problems)
 		}

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/render/node"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +32,7 @@ type Input struct {
 	// first): kept while it stays eligible, so the writer does not flap.
 	Writer string
 	// Sorted, when set, holds the pairs sorted by key: nodes are then
-	// parsed from it (ParseNodesSorted), which is faster, and KVs may be
+	// parsed from it (node.ParseSorted), which is faster, and KVs may be
 	// nil (the key functions then build their map only when used).
 	Sorted []KVPair
 }
@@ -68,7 +69,7 @@ func (e *TemplateError) Unwrap() error { return e.err }
 
 // Error returns "<file>:<line>: <msg>" on one line.
 func (e *TemplateError) Error() string {
-	return oneLine(e.File) + ":" + strconv.Itoa(e.Line) + ": " + oneLine(e.Msg)
+	return node.OneLine(e.File) + ":" + strconv.Itoa(e.Line) + ": " + node.OneLine(e.Msg)
 }
 
 // Options configure a Renderer.
@@ -99,10 +100,6 @@ type Options struct {
 	// Lookup backs lookupIP/lookupIPV4/lookupIPV6/lookupSRV; nil makes
 	// them return an error ("lookupIP disabled").
 	Lookup Lookup
-	// PickWriter chooses the single writer among the first prefix's
-	// nodes, given the previous one (Data.Writer, Output.Writer); nil
-	// means no writer ("").
-	PickWriter func(nodes []Node, current string) string
 	// FileExists backs confd's fileExists function; nil makes it return an
 	// error ("fileExists disabled").
 	FileExists func(path string) bool
@@ -122,6 +119,19 @@ type Data struct {
 	Vars     map[string]string // Options.Vars
 	Writer   string            // ID of the single writer among .Nodes ("" if none is eligible)
 }
+
+// Service is the set of valid nodes under one watched prefix.
+type Service struct {
+	Name   string // HAProxy-safe last path element of Prefix, e.g. "galera"
+	Prefix string
+	Nodes  []node.Node
+}
+
+// Node is a node as templates see it (node.Node).
+type Node = node.Node
+
+// Problem is a node that was skipped (node.Problem).
+type Problem = node.Problem
 
 // Output is the result of one Render.
 type Output struct {
@@ -172,10 +182,10 @@ func New(opts Options) (*Renderer, error) {
 	}
 	byName := make(map[string]string)
 	for _, p := range r.opts.Prefixes {
-		if trimPrefix(p) == "" && p != "/" {
+		if node.TrimPrefix(p) == "" && p != "/" {
 			return nil, fmt.Errorf("%w: prefix %q is empty", ErrInvalidOptions, p)
 		}
-		name := serviceName(p)
+		name := node.ServiceName(p)
 		if other, dup := byName[name]; dup {
 			return nil, fmt.Errorf("%w: prefixes %q and %q give the same service name %q", ErrInvalidOptions, other, p, name)
 		}
@@ -211,20 +221,18 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	}
 	var out Output
 	for i, p := range r.opts.Prefixes {
-		var nodes []Node
-		var problems []Problem
+		var nodes []node.Node
+		var problems []node.Problem
 		if in.Sorted != nil {
-			nodes, problems = ParseNodesSorted(p, in.Sorted)
+			nodes, problems = node.ParseSorted(p, in.Sorted)
 		} else {
-			nodes, problems = ParseNodes(p, in.KVs)
+			nodes, problems = node.Parse(p, in.KVs)
 		}
 		out.Services = append(out.Services, Service{Name: r.names[i], Prefix: p, Nodes: nodes})
 		out.Problems = append(out.Problems, problems...)
 	}
-	sortProblems(out.Problems)
-	if r.opts.PickWriter != nil {
-		out.Writer = r.opts.PickWriter(out.Services[0].Nodes, in.Writer)
-	}
+	node.SortProblems(out.Problems)
+	out.Writer = node.PickWriter(out.Services[0].Nodes, in.Writer)
 	if out.Writer != "" {
 		for i := range out.Services[0].Nodes {
 			n := &out.Services[0].Nodes[i]
@@ -288,7 +296,7 @@ func templateError(name string, err error) *TemplateError {
 	if errors.As(err, &ee) && ee.Err != nil {
 		msg = ee.Err.Error()
 	}
-	te := &TemplateError{File: name, Msg: oneLine(msg), err: err}
+	te := &TemplateError{File: name, Msg: node.OneLine(msg), err: err}
 	rest, ok := strings.CutPrefix(msg, "template: "+name+":")
 	if !ok {
 		return te
@@ -307,6 +315,6 @@ func templateError(name string, err error) *TemplateError {
 	}
 	after = strings.TrimPrefix(after, " ")
 	after = strings.TrimPrefix(after, "executing "+strconv.Quote(name)+" ")
-	te.Msg = oneLine(after)
+	te.Msg = node.OneLine(after)
 	return te
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/internal/etcdserver"
-	"github.com/haconfd/haconfd/internal/galera"
 	"github.com/haconfd/haconfd/render"
 	"github.com/haconfd/haconfd/templates"
 	"github.com/haconfd/haconfd/watch"
@@ -90,12 +89,11 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		vars[k] = v
 	}
 	r, err := render.New(render.Options{
-		Templates:  tmpls,
-		Base:       base,
-		Prefixes:   cfg.Prefixes,
-		Vars:       vars,
-		Getenv:     os.Getenv,
-		PickWriter: pickWriter,
+		Templates: tmpls,
+		Base:      base,
+		Prefixes:  cfg.Prefixes,
+		Vars:      vars,
+		Getenv:    os.Getenv,
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -522,19 +520,4 @@ func masterSocket(cfg config.Config) string {
 		return cfg.MasterSocket
 	}
 	return ""
-}
-
-// pickWriter is galera.PickWriter over render's nodes: the single writer
-// stays while it is Synced, else the Synced node with the lowest
-// wsrep_local_index.
-func pickWriter(nodes []render.Node, current string) string {
-	cands := make([]galera.Candidate, len(nodes))
-	for i, n := range nodes {
-		state := n.State
-		if n.Synced {
-			state = "Synced"
-		}
-		cands[i] = galera.Candidate{ID: n.ID, State: state, Index: n.Index}
-	}
-	return galera.PickWriter(cands, current)
 }

@@ -2,13 +2,11 @@ package galera
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
 )
 
 // Registrar defaults.
@@ -30,27 +28,22 @@ const (
 	firstRegisterBackof = 100 * time.Millisecond
 )
 
-// Layout is how a registration is written under the prefix.
-type Layout string
+// Layout is how a registration is written (node.Layout).
+type Layout = node.Layout
 
 // Layouts.
 const (
-	// LayoutDir is the original fleet discovery unit's layout: one key per
-	// field, <prefix>/<id>/ip, /port, /host, /service_instance_name, plus
-	// /wsrep_local_state_comment and /wsrep_local_index with a MySQL DSN.
-	LayoutDir Layout = "dir"
-	// LayoutJSON is one key, <prefix>/<id>, holding a JSON object
-	// {"ip","port","host","service_instance_name","state","index"}.
-	LayoutJSON Layout = "json"
+	LayoutDir  = node.LayoutDir
+	LayoutJSON = node.LayoutJSON
 )
 
 // ParseLayout accepts "dir" and "json".
 func ParseLayout(s string) (Layout, error) {
-	switch Layout(s) {
-	case LayoutDir, LayoutJSON:
-		return Layout(s), nil
+	l, err := node.ParseLayout(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
-	return "", fmt.Errorf("layout %q: %w: want dir or json", s, ErrInvalidOptions)
+	return l, nil
 }
 
 // ErrInvalidOptions is wrapped by New's errors for bad Options.
@@ -113,7 +106,7 @@ func New(cli *clientv3.Client, opts Options) (*Registrar, error) {
 		opts.Prefix = DefaultPrefix
 	}
 	if opts.Port == 0 {
-		opts.Port = render.DefaultPort
+		opts.Port = node.DefaultPort
 	}
 	if opts.Layout == "" {
 		opts.Layout = LayoutDir
@@ -188,7 +181,7 @@ func New(cli *clientv3.Client, opts Options) (*Registrar, error) {
 // validate runs haconfd's own node parser over kvs: a registration that
 // haconfd would skip is refused here.
 func (r *Registrar) validate(kvs map[string]string) error {
-	nodes, problems := render.ParseNodes(r.opts.Prefix, kvs)
+	nodes, problems := node.Parse(r.opts.Prefix, kvs)
 	if len(problems) > 0 {
 		reason := problems[0].Reason
 		return fmt.Errorf("%w: %s", ErrInvalidOptions, reason)
@@ -208,39 +201,10 @@ func (r *Registrar) Keys() []string {
 // desired is the key set for the current state.
 func (r *Registrar) desired() map[string]string {
 	o := r.opts
-	if o.Layout == LayoutJSON {
-		v := struct {
-			IP    string `json:"ip"`
-			Port  int    `json:"port"`
-			Host  string `json:"host,omitempty"`
-			SIN   string `json:"service_instance_name,omitempty"`
-			State string `json:"state,omitempty"`
-			Index *int   `json:"index,omitempty"`
-		}{IP: o.IP, Port: o.Port, Host: o.Host, SIN: o.ServiceInstanceName, State: r.state.state}
-		if r.state.index >= 0 {
-			i := r.state.index
-			v.Index = &i
-		}
-		b, _ := json.Marshal(v) // strings and ints only: cannot fail
-		return map[string]string{r.base: string(b)}
-	}
-	kvs := map[string]string{
-		r.base + "/ip":   o.IP,
-		r.base + "/port": strconv.Itoa(o.Port),
-	}
-	if o.Host != "" {
-		kvs[r.base+"/host"] = o.Host
-	}
-	if o.ServiceInstanceName != "" {
-		kvs[r.base+"/service_instance_name"] = o.ServiceInstanceName
-	}
-	if r.state.state != "" {
-		kvs[r.base+"/wsrep_local_state_comment"] = r.state.state
-	}
-	if r.state.index >= 0 {
-		kvs[r.base+"/wsrep_local_index"] = strconv.Itoa(r.state.index)
-	}
-	return kvs
+	return node.Encode(o.Prefix, node.Registration{
+		ID: o.ID, IP: o.IP, Port: o.Port, Host: o.Host, ServiceInstanceName: o.ServiceInstanceName,
+		State: r.state.state, Index: r.state.index,
+	}, o.Layout)
 }
 
 // Run registers the node and keeps it registered until ctx ends, then
@@ -515,14 +479,10 @@ func publishedState(st Status, lastIndex int) nodeState {
 	if s.index < 0 {
 		s.index = lastIndex
 	}
-	if s.state == "" || !acceptableState(s.state) {
+	if s.state == "" || !node.ValidState(s.state) {
 		s.state = stateName(st.State)
 	}
 	return s
 }
 
-// acceptableState reports whether haconfd's parser accepts s as a state.
-func acceptableState(s string) bool {
-	_, problems := render.ParseNodes("/p", map[string]string{"/p/n/ip": "127.0.0.1", "/p/n/state": s})
-	return len(problems) == 0
-}
+

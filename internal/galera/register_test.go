@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
-	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
 )
 
 const testPrefix = "/components/galera"
@@ -177,7 +177,7 @@ func TestRegisterLayouts(t *testing.T) {
 				return ok, got
 			})
 			vals, _ := kvs(t, cli, testPrefix)
-			nodes, problems := render.ParseNodes(testPrefix, vals)
+			nodes, problems := node.Parse(testPrefix, vals)
 			if len(problems) > 0 || len(nodes) != 1 || nodes[0].IP != "10.0.0.1" || nodes[0].Port != 3307 ||
 				nodes[0].Host != "db1.example" || nodes[0].ServiceInstanceName != "galera@db1" {
 				t.Fatalf("haconfd reads %+v, problems %v", nodes, problems)
@@ -361,11 +361,11 @@ func TestRegisterState(t *testing.T) {
 			opts.Status = fake
 			opts.StatePoll = 50 * time.Millisecond
 			start(t, cli, opts)
-			read := func() (render.Node, string) {
+			read := func() (node.Node, string) {
 				vals, _ := kvs(t, cli, testPrefix)
-				nodes, problems := render.ParseNodes(testPrefix, vals)
+				nodes, problems := node.Parse(testPrefix, vals)
 				if len(problems) > 0 || len(nodes) != 1 {
-					return render.Node{}, fmt.Sprintf("%v %v", vals, problems)
+					return node.Node{}, fmt.Sprintf("%v %v", vals, problems)
 				}
 				return nodes[0], fmt.Sprintf("%+v", nodes[0])
 			}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/haconfd/haconfd/render/node"
 )
 
 // Galera's wsrep_local_state values.
@@ -24,7 +26,7 @@ const (
 	StateDonor    = 2 // Donor/Desynced
 	StateJoined   = 3
 	StateSynced   = 4
-	stateComment4 = "Synced"
+	stateComment4 = node.StateSynced
 )
 
 // StateUnreachable is the state the registrar publishes while MySQL does

@@ -1,4 +1,11 @@
-package render
+// Package node is haconfd's one model of a database node registered in
+// etcd: the key layouts (directory, value, JSON), the Node type, Galera's
+// state names and when a state takes traffic, parsing with validation
+// (a value that is not what it claims to be never reaches a config),
+// the keys a registrar writes for a node (Encode), and the single-writer
+// choice. It is pure: no I/O. render, the Galera tools (register,
+// check) and the loop import it.
+package node
 
 import (
 	"crypto/sha256"
@@ -54,11 +61,9 @@ type Node struct {
 	IsWriter bool // the single writer (Data.Writer); set in the nodes a template sees
 }
 
-// Service is the set of valid nodes under one watched prefix.
-type Service struct {
-	Name   string // HAProxy-safe last path element of Prefix, e.g. "galera"
-	Prefix string
-	Nodes  []Node
+// KV is one etcd key and its value.
+type KV struct {
+	Key, Value string
 }
 
 // Problem is a node that was skipped (or a key that could not be used), with
@@ -78,7 +83,7 @@ var errIncomplete = errors.New("registration incomplete")
 // Error returns "node <Key>: <Reason>" on one line; a key with odd characters
 // is quoted.
 func (p Problem) Error() string {
-	return "node " + quoteIfOdd(p.Key) + ": " + oneLine(p.Reason)
+	return "node " + quoteIfOdd(p.Key) + ": " + OneLine(p.Reason)
 }
 
 // Directory-style fields, as written by the original fleet discovery unit
@@ -202,7 +207,7 @@ type nodeFields struct {
 	ip, port, host, sin, weight, state, index string
 }
 
-// ParseNodes returns the valid nodes under prefix, sorted by ID, and one
+// Parse returns the valid nodes under prefix, sorted by ID, and one
 // Problem per id that was skipped. Keys that are not below prefix+"/", the
 // prefix key itself and keys more than one level below an id are ignored.
 //
@@ -212,17 +217,17 @@ type nodeFields struct {
 // from the value, because the directory layout is the one the fleet
 // discovery unit writes and keeps alive field by field with TTLs, while a
 // stale value is the more likely leftover.
-func ParseNodes(prefix string, kvs map[string]string) ([]Node, []Problem) {
+func Parse(prefix string, kvs map[string]string) ([]Node, []Problem) {
 	return parseNodes(prefix, len(kvs), maps.All(kvs))
 }
 
-// ParseNodesSorted is ParseNodes over key/value pairs sorted by key (as
+// ParseSorted is Parse over key/value pairs sorted by key (as
 // etcd returns them): it reads only the pairs under prefix, found by
 // binary search, and keys of one node follow each other, so at thousands
 // of nodes it is several times faster than going through a map.
-func ParseNodesSorted(prefix string, kvs []KVPair) ([]Node, []Problem) {
-	under := trimPrefix(prefix) + "/"
-	lo, _ := slices.BinarySearchFunc(kvs, under, func(kv KVPair, k string) int { return strings.Compare(kv.Key, k) })
+func ParseSorted(prefix string, kvs []KV) ([]Node, []Problem) {
+	under := TrimPrefix(prefix) + "/"
+	lo, _ := slices.BinarySearchFunc(kvs, under, func(kv KV, k string) int { return strings.Compare(kv.Key, k) })
 	hi := lo
 	for hi < len(kvs) && strings.HasPrefix(kvs[hi].Key, under) {
 		hi++
@@ -237,12 +242,12 @@ func ParseNodesSorted(prefix string, kvs []KVPair) ([]Node, []Problem) {
 	})
 }
 
-// parseNodes is ParseNodes over n key/value pairs from kvs.
+// parseNodes is Parse over n key/value pairs from kvs.
 func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []Problem) {
-	p := trimPrefix(prefix)
+	p := TrimPrefix(prefix)
 	under := p + "/"
 	// Nodes are gathered in a slice indexed through a map, not a map of
-	// pointers: at 10,000 nodes this is a third of ParseNodes' time. The
+	// pointers: at 10,000 nodes this is a third of Parse' time. The
 	// node of the previous key is tried first: in key order, a node's keys
 	// follow each other.
 	index := make(map[string]int, n)
@@ -310,11 +315,12 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 	}
 	nodes, dup := assignNames(nodes)
 	problems = append(problems, dup...)
-	sortProblems(problems)
+	SortProblems(problems)
 	return nodes, problems
 }
 
-func sortProblems(ps []Problem) {
+// SortProblems sorts problems by key, then reason.
+func SortProblems(ps []Problem) {
 	sort.SliceStable(ps, func(i, j int) bool {
 		if ps[i].Key != ps[j].Key {
 			return ps[i].Key < ps[j].Key
@@ -325,7 +331,7 @@ func sortProblems(ps []Problem) {
 
 // trimPrefix removes trailing slashes: "/components/galera/" and
 // "/components/galera" watch the same keys.
-func trimPrefix(prefix string) string { return strings.TrimRight(prefix, "/") }
+func TrimPrefix(prefix string) string { return strings.TrimRight(prefix, "/") }
 
 func buildNode(r *rawNode, d *dirFields) (Node, error) {
 	if err := validateID(r.id); err != nil {
@@ -341,7 +347,7 @@ func buildNode(r *rawNode, d *dirFields) (Node, error) {
 		}
 		f = vf
 	}
-	// Directory fields win over value fields (see ParseNodes).
+	// Directory fields win over value fields (see Parse).
 	if d == nil {
 		return validateNode(r.id, f)
 	}
@@ -417,11 +423,11 @@ func validateNode(id string, f nodeFields) (Node, error) {
 		n.Weighted = w != DefaultWeight
 	}
 	if f.state != "" {
-		if !isKnownState(f.state) && (!isToken(f.state, "_.:/-") || len(f.state) > maxTokenLen) {
+		if !ValidState(f.state) {
 			return Node{}, fmt.Errorf("state %s is not a Galera state", quote(f.state))
 		}
 		n.State = f.state
-		n.Synced = f.state == "Synced"
+		n.Synced = f.state == StateSynced
 	}
 	if f.index != "" {
 		i, ok := parseUint(f.index, 1<<16)
@@ -482,7 +488,7 @@ func parseJSONValue(v string) (nodeFields, error) {
 	var f nodeFields
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(v), &m); err != nil {
-		return f, fmt.Errorf("value is not a JSON object: %s", oneLine(err.Error()))
+		return f, fmt.Errorf("value is not a JSON object: %s", OneLine(err.Error()))
 	}
 	str := func(dst *string, name string) error {
 		raw, ok := m[name]
@@ -725,9 +731,9 @@ func assignNames(nodes []Node) ([]Node, []Problem) {
 	return out, problems
 }
 
-// serviceName is the HAProxy-safe last path element of a prefix.
-func serviceName(prefix string) string {
-	p := trimPrefix(prefix)
+// ServiceName is the HAProxy-safe last path element of a prefix.
+func ServiceName(prefix string) string {
+	p := TrimPrefix(prefix)
 	if i := strings.LastIndexByte(p, '/'); i >= 0 {
 		p = p[i+1:]
 	}
@@ -762,8 +768,9 @@ func quoteIfOdd(s string) string {
 	return s
 }
 
-// oneLine escapes control characters so that a message stays on one line.
-func oneLine(s string) string {
+// OneLine returns s with control characters (newlines, ...) escaped, so
+// that a message that quotes a value stays on one line.
+func OneLine(s string) string {
 	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' }) < 0 {
 		return s
 	}

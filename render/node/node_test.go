@@ -1,13 +1,14 @@
-package render_test
+package node_test
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
 )
 
 const pfx = "/components/galera"
@@ -21,7 +22,7 @@ func TestParseNodesValid(t *testing.T) {
 	tests := []struct {
 		name string
 		kvs  map[string]string
-		want []render.Node
+		want []node.Node
 	}{
 		{
 			name: "directory style with all fields",
@@ -30,50 +31,50 @@ func TestParseNodesValid(t *testing.T) {
 				pfx + "/n1/service_instance_name": "galera@n1.service", pfx + "/n1/weight": "100",
 				pfx + "/n1/wsrep_local_state_comment": "Donor/Desynced", pfx + "/n1/wsrep_local_index": "2",
 			},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3307, Addr: "10.0.0.1:3307",
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3307, Addr: "10.0.0.1:3307",
 				Host: "db1.example.com", ServiceInstanceName: "galera@n1.service", Weight: 100, State: "Donor/Desynced", Index: 2, Weighted: true}},
 		},
 		{
 			name: "defaults",
 			kvs:  map[string]string{pfx + "/n1": "10.0.0.1"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "empty optional fields count as absent",
 			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "", pfx + "/n1/host": "", pfx + "/n1/state": ""},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "state wins over wsrep_local_state_comment",
 			kvs:  map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/state": "Synced", pfx + "/n1/wsrep_local_state_comment": "Joined"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, State: "Synced", Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, State: "Synced", Index: -1, Synced: true}},
 		},
 		{
 			name: "value ipv6 bracketed, canonical form",
 			kvs:  map[string]string{pfx + "/n1": "[2001:DB8::0:1]:3310"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "2001:db8::1", Port: 3310, Addr: "[2001:db8::1]:3310", Weight: 1, Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "2001:db8::1", Port: 3310, Addr: "[2001:db8::1]:3310", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "value host name",
 			kvs:  map[string]string{pfx + "/n1": "db-1.example.com:3306"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "db-1.example.com", Port: 3306, Addr: "db-1.example.com:3306", Weight: 1, Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "db-1.example.com", Port: 3306, Addr: "db-1.example.com:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "json with string port and index, known state with spaces",
 			kvs:  map[string]string{pfx + "/n1": `{"ip":"10.0.0.1","port":"3306","index":"0","state":"Joining: receiving State Transfer","x":[1]}`},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1,
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1,
 				State: "Joining: receiving State Transfer", Index: 0}},
 		},
 		{
 			name: "directory fields win over the value",
 			kvs:  map[string]string{pfx + "/n1": `{"ip":"10.0.0.9","port":1234,"weight":5}`, pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/weight": "7"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 1234, Addr: "10.0.0.1:1234", Weight: 7, Index: -1, Synced: true, Weighted: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 1234, Addr: "10.0.0.1:1234", Weight: 7, Index: -1, Synced: true, Weighted: true}},
 		},
 		{
 			name: "trailing slash prefix, unrelated and deep keys ignored",
 			kvs: map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/a/b": "x", pfx: "x", pfx + "/": "x",
 				pfx + "x/n2/ip": "10.0.0.2", "/elsewhere/n3/ip": "10.0.0.3", pfx + "/n1/unknown": "bad\nvalue"},
-			want: []render.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
+			want: []node.Node{{ID: "n1", Name: "n1", Key: pfx + "/n1", IP: "10.0.0.1", Port: 3306, Addr: "10.0.0.1:3306", Weight: 1, Index: -1, Synced: true}},
 		},
 		{
 			name: "no keys",
@@ -87,7 +88,7 @@ func TestParseNodesValid(t *testing.T) {
 			if strings.Contains(tc.name, "trailing slash") {
 				prefix += "/"
 			}
-			got, problems := render.ParseNodes(prefix, tc.kvs)
+			got, problems := node.Parse(prefix, tc.kvs)
 			if len(problems) != 0 {
 				t.Fatalf("problems: %v", problems)
 			}
@@ -138,7 +139,7 @@ func TestParseNodesInvalid(t *testing.T) {
 			if strings.HasSuffix(tc.key, "/ip") || strings.HasPrefix(tc.key, "n1/") && !strings.HasSuffix(tc.key, "/port") {
 				kvs[pfx+"/"+strings.TrimSuffix(strings.TrimSuffix(tc.key, "/ip"), "/"+strings.TrimPrefix(tc.key, "n1/"))+"/port"] = "3306"
 			}
-			nodes, problems := render.ParseNodes(pfx, kvs)
+			nodes, problems := node.Parse(pfx, kvs)
 			if len(nodes) != 1 || nodes[0].ID != "ok" {
 				t.Errorf("nodes = %+v, want only ok", nodes)
 			}
@@ -174,7 +175,7 @@ func TestIncompleteRegistration(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			nodes, problems := render.ParseNodes(pfx, tc.kvs)
+			nodes, problems := node.Parse(pfx, tc.kvs)
 			if tc.incomplete {
 				if len(nodes) != 0 || len(problems) != 1 || !problems[0].Incomplete {
 					t.Fatalf("nodes %+v problems %+v, want the node left out as incomplete", nodes, problems)
@@ -187,18 +188,18 @@ func TestIncompleteRegistration(t *testing.T) {
 		})
 	}
 	// A bad value is reported as such, not as incomplete.
-	_, problems := render.ParseNodes(pfx, map[string]string{pfx + "/n1/ip": "10.0.0.1 x"})
+	_, problems := node.Parse(pfx, map[string]string{pfx + "/n1/ip": "10.0.0.1 x"})
 	if len(problems) != 1 || problems[0].Incomplete {
 		t.Fatalf("problems %+v, want one that is not incomplete", problems)
 	}
 }
 
 func TestProblemError(t *testing.T) {
-	p := render.Problem{Key: pfx + "/n1", Reason: `ip "x y" is not an IP address or host name`}
+	p := node.Problem{Key: pfx + "/n1", Reason: `ip "x y" is not an IP address or host name`}
 	if got, want := p.Error(), `node /components/galera/n1: ip "x y" is not an IP address or host name`; got != want {
 		t.Errorf("got %q want %q", got, want)
 	}
-	p = render.Problem{Key: pfx + "/n\n1", Reason: "bad\nreason"}
+	p = node.Problem{Key: pfx + "/n\n1", Reason: "bad\nreason"}
 	if got, want := p.Error(), `node "/components/galera/n\n1": bad\nreason`; got != want {
 		t.Errorf("got %q want %q", got, want)
 	}
@@ -224,7 +225,7 @@ func TestNodeNames(t *testing.T) {
 			for i, id := range tc.ids {
 				kvs[pfx+"/"+id] = "10.0.0." + string(rune('1'+i))
 			}
-			nodes, problems := render.ParseNodes(pfx, kvs)
+			nodes, problems := node.Parse(pfx, kvs)
 			if len(problems) != tc.drop {
 				t.Fatalf("problems %v", problems)
 			}
@@ -245,7 +246,7 @@ func TestNodeNames(t *testing.T) {
 func TestSyncedAndWeighted(t *testing.T) {
 	for state, want := range map[string]bool{"": true, "Synced": true, "Donor/Desynced": false, "Joined": false, "synced-x": false} {
 		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/state": state}
-		nodes, problems := render.ParseNodes(pfx, kvs)
+		nodes, problems := node.Parse(pfx, kvs)
 		if len(nodes) != 1 {
 			t.Fatalf("state %q: nodes %v, problems %v", state, nodes, problems)
 		}
@@ -255,7 +256,7 @@ func TestSyncedAndWeighted(t *testing.T) {
 	}
 	for weight, want := range map[string]bool{"": false, "1": false, "0": true, "2": true, "256": true} {
 		kvs := map[string]string{pfx + "/n1/ip": "10.0.0.1", pfx + "/n1/port": "3306", pfx + "/n1/weight": weight}
-		nodes, _ := render.ParseNodes(pfx, kvs)
+		nodes, _ := node.Parse(pfx, kvs)
 		if len(nodes) != 1 || nodes[0].Weighted != want {
 			t.Errorf("weight %q: nodes %+v, want Weighted %v", weight, nodes, want)
 		}
@@ -267,7 +268,7 @@ func TestParseNodesSorted(t *testing.T) {
 	for _, id := range []string{"z", "a", "M", "n10", "n9", "é"} {
 		kvs[pfx+"/"+id] = "10.0.0.1"
 	}
-	nodes, _ := render.ParseNodes(pfx, kvs)
+	nodes, _ := node.Parse(pfx, kvs)
 	var ids []string
 	for _, n := range nodes {
 		ids = append(ids, n.ID)
@@ -286,12 +287,22 @@ func TestParseNodesSortedInterleaved(t *testing.T) {
 		pfx + "/n1/port": "3307", pfx + "/n1/weight": "5", pfx + "/n1-x/port": "3308", pfx + "/n1!": "bad value",
 		pfx + "-other/n9": "10.0.0.9", "/components/a/n8": "10.0.0.8", pfx: "x",
 	}
-	want, wantProblems := render.ParseNodes(pfx, kvs)
-	got, gotProblems := render.ParseNodesSorted(pfx, sortedPairs(kvs))
+	want, wantProblems := node.Parse(pfx, kvs)
+	got, gotProblems := node.ParseSorted(pfx, sortedPairs(kvs))
 	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotProblems, wantProblems) {
 		t.Fatalf("ParseNodesSorted = %+v %+v\nParseNodes = %+v %+v", got, gotProblems, want, wantProblems)
 	}
 	if len(got) != 3 || got[0].Addr != "10.0.0.1:3307" || got[0].Weight != 5 || got[1].Addr != "10.0.0.2:3308" {
 		t.Errorf("nodes = %+v", got)
 	}
+}
+
+// sortedPairs is kvs as etcd returns them: sorted by key.
+func sortedPairs(kvs map[string]string) []node.KV {
+	out := make([]node.KV, 0, len(kvs))
+	for k, v := range kvs {
+		out = append(out, node.KV{Key: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b node.KV) int { return strings.Compare(a.Key, b.Key) })
+	return out
 }
