@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 	"github.com/haconfd/haconfd/internal/testbed"
 )
 
@@ -46,7 +47,7 @@ func (e *env) stopEtcd() (dir, url string) {
 
 // restartEtcd starts etcd again on dir and url; e.cli reconnects.
 func (e *env) restartEtcd(dir, url string) {
-	e.etcd = etcdserver.StartForTestWith(e.t, etcdserver.Options{Dir: dir, ClientURL: url})
+	e.etcd = etcdtest.StartWith(e.t, etcdserver.Options{Dir: dir, ClientURL: url})
 }
 
 // An etcd outage with nothing changed: HAProxy serves throughout, the
@@ -124,7 +125,7 @@ func TestChangesWhileAwayAreResynced(t *testing.T) {
 
 	// The same data on a URL haconfd does not know: db1 leaves, db3 joins,
 	// and the history haconfd watched from is compacted away.
-	side := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
+	side := etcdtest.StartWith(t, etcdserver.Options{Dir: dir})
 	scli := e.client(side.Endpoints())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -202,7 +203,7 @@ func addNode(t *testing.T, cli *clientv3.Client, id string, b *testbed.Backend) 
 // throughout.
 func TestLeaderKilledWhileAddingNodes(t *testing.T) {
 	e := newEnv(t)
-	c := etcdserver.StartCluster(t, 3)
+	c := etcdtest.StartCluster(t, 3)
 	e.cli = e.client(c.Endpoints())
 	const n = 10
 	bs := backends(t, "db", n)

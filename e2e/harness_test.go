@@ -21,6 +21,7 @@ import (
 
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 	"github.com/haconfd/haconfd/internal/testbed"
 	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
@@ -98,7 +99,7 @@ func newEnv(t *testing.T) *env {
 	if e.front, err = testbed.FreeAddr(); err != nil {
 		t.Fatal(err)
 	}
-	e.etcd = etcdserver.StartForTest(t)
+	e.etcd = etcdtest.Start(t)
 	e.cli = e.client(e.etcd.Endpoints())
 	t.Cleanup(e.killHAProxy)
 	return e

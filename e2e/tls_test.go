@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 )
 
 // rootClient is a client to srv with its own credentials, closed when the
@@ -29,9 +30,9 @@ func (e *env) rootClient(srv *etcdserver.Server) *clientv3.Client {
 // running; the right certificate works.
 func TestEtcdTLS(t *testing.T) {
 	e := newEnv(t)
-	pki := etcdserver.NewTestPKI(t, "")
-	other := etcdserver.NewTestPKI(t, "")
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{TLS: &pki})
+	pki := etcdtest.NewTestPKI(t, "")
+	other := etcdtest.NewTestPKI(t, "")
+	srv := etcdtest.StartWith(t, etcdserver.Options{TLS: &pki})
 	e.cli = e.rootClient(srv)
 	bs := backends(t, "db", 1)
 	e.putNode("db1", bs[0])
@@ -67,7 +68,7 @@ func TestEtcdAuth(t *testing.T) {
 		wrongPw  = "Pw-wrong-0d2b-never-log"
 	)
 	e := newEnv(t)
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{Auth: &etcdserver.Auth{
+	srv := etcdtest.StartWith(t, etcdserver.Options{Auth: &etcdserver.Auth{
 		RootPassword: "root-Pw-5e1d",
 		Users:        []etcdserver.User{{Name: user, Password: password, ReadPrefix: prefix}},
 	}})

@@ -2,26 +2,19 @@ package watch
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/status"
 )
 
 // ErrInvalidOptions is wrapped by every error NewEtcd returns for bad
@@ -75,11 +68,11 @@ type Options struct {
 	// OnStatus, if set, is called from the Run goroutine on each
 	// connect/disconnect transition (and once for the first outcome).
 	OnStatus func(Status)
-	// TLS is the TLS configuration the etcd client uses, if any. It is
-	// only used to explain failures: when etcd does not answer, a TLS
-	// handshake to each https endpoint says whether etcd refuses the
-	// client certificate or the server certificate is not trusted.
-	TLS *tls.Config
+	// Diagnose, if set, says why etcd did not answer when a failed
+	// request does not (a refused connection, a TLS handshake or a client
+	// certificate etcd refuses): the reason is logged with the failure.
+	// It returns nil when there is nothing better to say.
+	Diagnose func(ctx context.Context, err error) error
 }
 
 // keyRange is one etcd range: a single key when end is "", every key from
@@ -97,7 +90,7 @@ type Etcd struct {
 	maxBackoff time.Duration
 	logger     *slog.Logger
 	onStatus   func(Status)
-	tls        *tls.Config
+	diagnose   func(context.Context, error) error
 
 	// Not options: changed by tests only.
 	requestTimeout  time.Duration // per Get request
@@ -123,7 +116,7 @@ func NewEtcd(cli *clientv3.Client, opts Options) (*Etcd, error) {
 		maxBackoff:     opts.MaxBackoff,
 		logger:         opts.Logger,
 		onStatus:       opts.OnStatus,
-		tls:            opts.TLS,
+		diagnose:       opts.Diagnose,
 		requestTimeout: defaultRequestTimeout,
 		probeInterval:  defaultProbeInterval,
 	}
@@ -255,7 +248,7 @@ func (e *Etcd) Run(ctx context.Context, out chan<- Snapshot) error {
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrCompacted) {
 				// Compacted between two pages: etcd is fine, read again.
-				r.e.logger.Warn("etcd compacted during the read, reading again", "error", err)
+				r.e.logger.Warn("etcd compacted during the read, reading again", "err", err)
 			} else {
 				r.readFailed(ctx, err)
 			}
@@ -517,8 +510,8 @@ func (r *runner) connected(rev int64) {
 func (r *runner) readFailed(ctx context.Context, err error) {
 	r.failures++
 	if r.failures == 1 || r.failures%logEvery == 0 || err.Error() != r.lastErr {
-		args := []any{"endpoints", r.e.cli.Endpoints(), "failures", r.failures, "error", err}
-		if why := r.e.diagnose(ctx, err); why != nil {
+		args := []any{"endpoints", r.e.cli.Endpoints(), "failures", r.failures, "err", err}
+		if why := r.e.why(ctx, err); why != nil {
 			args = append(args, "endpoint_error", why)
 		}
 		r.e.logger.Warn("etcd read failed, retrying", args...)
@@ -535,8 +528,8 @@ func (r *runner) watchBroken(ctx context.Context, err error) {
 			"rev", ce.rev, "compact_rev", ce.compactRev)
 		return
 	}
-	args := []any{"endpoints", r.e.cli.Endpoints(), "rev", r.rev, "error", err}
-	if why := r.e.diagnose(ctx, err); why != nil {
+	args := []any{"endpoints", r.e.cli.Endpoints(), "rev", r.rev, "err", err}
+	if why := r.e.why(ctx, err); why != nil {
 		args = append(args, "endpoint_error", why)
 	}
 	r.e.logger.Warn("etcd watch broken, reading everything again", args...)
@@ -558,129 +551,11 @@ func (r *runner) setStatus(connected bool, err error, rev int64) {
 	}
 }
 
-// diagnose says why etcd did not answer when err does not: a request
-// that timed out while the client waited for a connection only says
-// "context deadline exceeded". It returns nil when err is an answer from
-// etcd or no better reason is found.
-func (e *Etcd) diagnose(ctx context.Context, err error) error {
+// why asks Options.Diagnose about err, unless err is an answer from etcd.
+func (e *Etcd) why(ctx context.Context, err error) error {
 	var etcdErr rpctypes.EtcdError
-	if errors.As(err, &etcdErr) || errors.Is(err, rpctypes.ErrCompacted) || ctx.Err() != nil {
+	if e.diagnose == nil || errors.As(err, &etcdErr) || errors.Is(err, rpctypes.ErrCompacted) || ctx.Err() != nil {
 		return nil
 	}
-	// Refused connections name the endpoints that refuse.
-	if dialErr := dialEndpoints(ctx, e.cli.Endpoints(), e.requestTimeout); dialErr != nil {
-		return dialErr
-	}
-	if e.tls != nil {
-		if tlsErr := tlsEndpoints(ctx, e.cli.Endpoints(), e.tls, e.requestTimeout); tlsErr != nil {
-			return tlsErr
-		}
-	}
-	// Every endpoint accepts TCP: ask the client's own connection without
-	// waiting for it to become ready, so that a failed TLS handshake or a
-	// refused certificate is reported as such.
-	err = transportError(ctx, e.cli, e.requestTimeout)
-	if err != nil && hasHTTPS(e.cli.Endpoints()) && !mentionsTLS(err.Error()) {
-		// A server that refuses the client certificate after a TLS 1.3
-		// handshake often shows as a broken pipe or a reset.
-		return fmt.Errorf("TLS connection closed by etcd (does it accept the client certificate?): %w", err)
-	}
-	return err
-}
-
-func hasHTTPS(endpoints []string) bool {
-	for _, ep := range endpoints {
-		if strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://") {
-			return true
-		}
-	}
-	return false
-}
-
-func mentionsTLS(s string) bool {
-	s = strings.ToLower(s)
-	return strings.Contains(s, "tls") || strings.Contains(s, "x509") || strings.Contains(s, "certificate")
-}
-
-// tlsEndpoints makes a TLS connection with cfg to each https endpoint and
-// returns the errors of those that fail the handshake or refuse the
-// client certificate.
-func tlsEndpoints(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
-	var errs []error
-	for _, ep := range endpoints {
-		u, err := url.Parse(ep)
-		if err != nil || u.Scheme != "https" {
-			continue
-		}
-		c := cfg.Clone()
-		if c.ServerName == "" {
-			c.ServerName = u.Hostname()
-		}
-		c.NextProtos = []string{"h2"}
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: c}
-		conn, err := d.DialContext(ctx, "tcp", u.Host)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: TLS handshake: %w", ep, err))
-			continue
-		}
-		// With TLS 1.3 the server judges the client certificate after the
-		// client finished its handshake: a refusal is an alert on the
-		// first read. An accepted client gets HTTP/2 settings or nothing.
-		_ = conn.SetReadDeadline(time.Now().Add(min(timeout, time.Second)))
-		_, err = conn.Read(make([]byte, 1))
-		conn.Close()
-		var ne net.Error
-		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) && mentionsTLS(err.Error()) {
-			errs = append(errs, fmt.Errorf("%s: TLS: %w", ep, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// transportError returns why the client's connection to etcd is down, as
-// gRPC reports it, or nil if a request goes through or nothing is known.
-func transportError(ctx context.Context, cli *clientv3.Client, timeout time.Duration) error {
-	conn := cli.ActiveConnection()
-	if conn == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	conn.Connect()
-	_, err := pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.WaitForReady(false))
-	if err == nil || ctx.Err() != nil {
-		return nil
-	}
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
-		return nil
-	}
-	return errors.New(st.Message())
-}
-
-// dialEndpoints tries a TCP connection to each endpoint and returns the
-// errors of those that refuse one, nil when all accept (or none can be
-// dialled plainly, such as unix sockets).
-func dialEndpoints(ctx context.Context, endpoints []string, timeout time.Duration) error {
-	d := net.Dialer{Timeout: timeout}
-	var errs []error
-	for _, ep := range endpoints {
-		host := ep
-		if u, err := url.Parse(ep); err == nil && u.Host != "" {
-			if u.Scheme == "unix" || u.Scheme == "unixs" {
-				continue
-			}
-			host = u.Host
-		}
-		if _, _, err := net.SplitHostPort(host); err != nil {
-			continue
-		}
-		conn, err := d.DialContext(ctx, "tcp", host)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		conn.Close()
-	}
-	return errors.Join(errs...)
+	return e.diagnose(ctx, err)
 }

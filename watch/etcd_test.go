@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/internal/etcdclient"
 	"log/slog"
 	"net"
 	"reflect"
@@ -19,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 )
 
 func TestMain(m *testing.M) {
@@ -139,7 +142,7 @@ func newEtcd(t *testing.T, cli *clientv3.Client, opts Options) *Etcd {
 }
 
 func TestInitialSnapshotAndChanges(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	rev := put(t, cli,
 		"/components/galera/n1/ip", "10.0.0.1",
@@ -201,7 +204,7 @@ func stripMeta(s Snapshot) Snapshot {
 }
 
 func TestPrefixIsolation(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	keys := []string{
 		"/components/galera",
@@ -301,7 +304,7 @@ func slicesContains(s []string, v string) bool {
 }
 
 func TestTxnAcrossPrefixesIsOneSnapshot(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	e := newEtcd(t, cli, Options{Prefixes: []string{"/a", "/b"}})
 	out := run(t, e)
@@ -326,7 +329,7 @@ func TestTxnAcrossPrefixesIsOneSnapshot(t *testing.T) {
 }
 
 func TestLeaseExpiryRemovesKey(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	e := newEtcd(t, cli, Options{Prefixes: []string{"/p"}})
 	out := run(t, e)
@@ -356,7 +359,7 @@ func TestLeaseExpiryRemovesKey(t *testing.T) {
 }
 
 func TestCompactedWatchResyncs(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	put(t, cli, "/p/old", "1", "/p/keep", "k")
 
@@ -412,7 +415,7 @@ func TestCompactedWatchResyncs(t *testing.T) {
 }
 
 func TestPagingIsOneRevision(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	want := map[string]string{"/p": "root"}
 	for i := range 40 {
@@ -505,11 +508,18 @@ func freeURL(t *testing.T) string {
 
 func TestEtcdDownAtStart(t *testing.T) {
 	url := freeURL(t)
-	cli := newClient(t, []string{url})
+	// haconfd's own client, whose diagnosis names the refused connection.
+	ec, err := etcdclient.Connect(t.Context(), config.Etcd{EtcdEndpoints: []string{url}, EtcdDialTimeout: 5 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	cli := ec.Client
 	var logs syncBuffer
 	var rec statusRecorder
 	e := newEtcd(t, cli, Options{
 		Prefixes:   []string{"/p"},
+		Diagnose:   ec.Diagnose,
 		MinBackoff: 10 * time.Millisecond,
 		MaxBackoff: 50 * time.Millisecond,
 		Logger:     testLogger(&logs),
@@ -528,7 +538,7 @@ func TestEtcdDownAtStart(t *testing.T) {
 	default:
 	}
 
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{ClientURL: url})
+	srv := etcdtest.StartWith(t, etcdserver.Options{ClientURL: url})
 	scli := newClient(t, srv.Endpoints())
 	put(t, scli, "/p/n1", "10.0.0.1:3306")
 	waitSnapshot(t, out, "/p/n1 after etcd started", hasKV("/p/n1", "10.0.0.1:3306"))
@@ -564,7 +574,7 @@ func TestEtcdRestartMidRun(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
+			srv := etcdtest.StartWith(t, etcdserver.Options{Dir: dir})
 			url := srv.Endpoints()[0]
 			cli := newClient(t, []string{url})
 			put(t, cli, "/p/n1", "a")
@@ -595,7 +605,7 @@ func TestEtcdRestartMidRun(t *testing.T) {
 				t.Errorf("disconnected status = %+v, want an error naming %q", st, tc.reason)
 			}
 
-			etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
+			etcdtest.StartWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
 			put(t, cli, "/p/n2", "b")
 			s := waitSnapshot(t, out, "/p/n2 after restart", hasKV("/p/n2", "b"))
 			if got := s.Map(); !reflect.DeepEqual(got, map[string]string{"/p/n1": "a", "/p/n2": "b"}) {
@@ -607,7 +617,7 @@ func TestEtcdRestartMidRun(t *testing.T) {
 }
 
 func TestRunStopsWhileSending(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	e := newEtcd(t, cli, Options{Prefixes: []string{"/p"}})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -628,7 +638,7 @@ func TestRunStopsWhileSending(t *testing.T) {
 }
 
 func TestNewEtcdOptions(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	tests := []struct {
 		name string

@@ -2,9 +2,8 @@ package watch
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"maps"
 	"strings"
 	"sync"
@@ -14,7 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 )
 
 // collector keeps every snapshot Run sends and checks that revisions
@@ -157,7 +156,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // revision, revisions never go backwards, and the last snapshot holds
 // every acknowledged put.
 func TestLeaderStoppedNoMissedEvent(t *testing.T) {
-	c := etcdserver.StartCluster(t, 3)
+	c := etcdtest.StartCluster(t, 3)
 	ctx := ctxT(t)
 	leader, err := c.WaitLeader(ctx)
 	if err != nil {
@@ -239,7 +238,7 @@ func TestLeaderStoppedNoMissedEvent(t *testing.T) {
 // With every member down the source says so, with the time it began;
 // when the members return it reads again and reports connected.
 func TestClusterDownStatus(t *testing.T) {
-	c := etcdserver.StartCluster(t, 3)
+	c := etcdtest.StartCluster(t, 3)
 	ctx := ctxT(t)
 	cli := newClient(t, c.Endpoints())
 	var rec statusRecorder
@@ -297,56 +296,31 @@ func TestClusterDownStatus(t *testing.T) {
 	}
 }
 
-// A client certificate the server does not trust is reported as a TLS
-// problem, not as a bare timeout.
-func TestTLSRejectedIsNamed(t *testing.T) {
-	pki := etcdserver.NewTestPKI(t, "")
-	other := etcdserver.NewTestPKI(t, "")
-	srv := etcdserver.StartForTestWith(t, etcdserver.Options{TLS: &pki})
-	tests := []struct {
-		name          string
-		ca, cert, key string
-		want          string
-	}{
-		{"client cert of another CA", pki.CAFile, other.ClientCertFile, other.ClientKeyFile, "tls"},
-		{"server cert of another CA", other.CAFile, pki.ClientCertFile, pki.ClientKeyFile, "certificate"},
+// When etcd does not answer, the reason Options.Diagnose finds (a TLS
+// problem, a refused connection) is logged with the failure.
+func TestDiagnosisIsLogged(t *testing.T) {
+	cfg := clientv3.Config{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: 100 * time.Millisecond, Logger: zap.NewNop()}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		for _, withTLS := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/tls option %v", tt.name, withTLS), func(t *testing.T) {
-				cfg, err := srv.ClientConfig()
-				if err != nil {
-					t.Fatal(err)
-				}
-				cfg.TLS, err = tlsConfig(tt.ca, tt.cert, tt.key)
-				if err != nil {
-					t.Fatal(err)
-				}
-				cfg.Logger = zap.NewNop()
-				cli, err := clientv3.New(cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { cli.Close() })
-				var logs syncBuffer
-				var rec statusRecorder
-				opts := Options{Prefixes: []string{"/p"}, MinBackoff: 10 * time.Millisecond,
-					MaxBackoff: 50 * time.Millisecond, Logger: testLogger(&logs), OnStatus: rec.record}
-				if withTLS {
-					opts.TLS = cfg.TLS
-				}
-				e := newEtcd(t, cli, opts)
-				e.requestTimeout = 300 * time.Millisecond
-				run(t, e)
-				rec.waitFor(t, false)
-				waitFor(t, "a warning", func() bool { return strings.Contains(logs.String(), "etcd read failed") })
-				line := firstLine(logs.String(), "etcd read failed")
-				t.Log(line)
-				if !strings.Contains(strings.ToLower(line), tt.want) || !strings.Contains(line, "endpoint_error=") {
-					t.Errorf("warning does not name the TLS problem (%q):\n%s", tt.want, line)
-				}
-			})
-		}
+	t.Cleanup(func() { cli.Close() })
+	var logs syncBuffer
+	var rec statusRecorder
+	asked := make(chan struct{}, 100)
+	e := newEtcd(t, cli, Options{Prefixes: []string{"/p"}, MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 50 * time.Millisecond, Logger: testLogger(&logs), OnStatus: rec.record,
+		Diagnose: func(context.Context, error) error {
+			asked <- struct{}{}
+			return errors.New("because of a test reason")
+		}})
+	e.requestTimeout = 300 * time.Millisecond
+	run(t, e)
+	rec.waitFor(t, false)
+	waitFor(t, "a warning", func() bool { return strings.Contains(logs.String(), "etcd read failed") })
+	line := firstLine(logs.String(), "etcd read failed")
+	if !strings.Contains(line, `endpoint_error="because of a test reason"`) {
+		t.Errorf("warning does not carry the diagnosis:\n%s", line)
 	}
 }
 
@@ -357,9 +331,4 @@ func firstLine(s, substr string) string {
 		}
 	}
 	return ""
-}
-
-func tlsConfig(ca, cert, key string) (*tls.Config, error) {
-	info := transport.TLSInfo{TrustedCAFile: ca, CertFile: cert, KeyFile: key}
-	return info.ClientConfig()
 }

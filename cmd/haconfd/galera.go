@@ -2,131 +2,32 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/haconfd/haconfd/internal/app"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/internal/galera"
+	"github.com/haconfd/haconfd/render/node"
 )
 
-// etcdFlags are the etcd client settings of `register`.
-type etcdFlags struct {
-	endpoints   []string
-	dialTimeout time.Duration
-	username    string
-	password    string
-	ca          string
-	cert        string
-	key         string
-}
+// galeraGroups are the settings of `haconfd register`.
+var registerGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupNode, config.GroupMySQL, config.GroupLog}
 
-func (e *etcdFlags) add(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&e.endpoints, "etcd-endpoints", []string{"http://127.0.0.1:2379"}, "etcd v3 client URLs, comma-separated")
-	fs.DurationVar(&e.dialTimeout, "etcd-dial-timeout", 5*time.Second, "how long to wait for an etcd connection before retrying")
-	fs.StringVar(&e.username, "etcd-username", "", "etcd user name (with --etcd-password)")
-	fs.StringVar(&e.password, "etcd-password", "", "etcd password (prefer HACONFD_ETCD_PASSWORD; never logged)")
-	fs.StringVar(&e.ca, "etcd-ca", "", "CA certificate file that signed etcd's server certificate")
-	fs.StringVar(&e.cert, "etcd-cert", "", "client certificate file for etcd TLS authentication")
-	fs.StringVar(&e.key, "etcd-key", "", "client key file for etcd TLS authentication")
-}
-
-func (e *etcdFlags) client() (*clientv3.Client, error) {
-	var tlsCfg *tls.Config
-	if e.ca != "" || e.cert != "" {
-		info := transport.TLSInfo{TrustedCAFile: e.ca, CertFile: e.cert, KeyFile: e.key}
-		c, err := info.ClientConfig()
-		if err != nil {
-			return nil, &exitError{code: 2, err: fmt.Errorf("etcd TLS: %w", err)}
-		}
-		tlsCfg = c
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            e.endpoints,
-		DialTimeout:          e.dialTimeout,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		Username:             e.username,
-		Password:             e.password,
-		TLS:                  tlsCfg,
-		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		return nil, &exitError{code: 2, err: fmt.Errorf("--etcd-endpoints %s: %w", strings.Join(e.endpoints, ","), err)}
-	}
-	return cli, nil
-}
-
-// logFlags are --log-level and --log-format.
-type logFlags struct{ level, format string }
-
-func (l *logFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
-}
-
-func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
-	switch strings.ToLower(l.level) {
-	case "debug", "info", "warn", "warning", "error":
-	default:
-		return nil, &exitError{code: 2, err: fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)}
-	}
-	if l.format != "text" && l.format != "json" {
-		return nil, &exitError{code: 2, err: fmt.Errorf("--log-format %q: want text or json", l.format)}
-	}
-	return newLogger(config.Config{LogLevel: l.level, LogFormat: l.format}, w), nil
-}
-
-// applyEnv sets every flag the command line did not set from its
-// HACONFD_<FLAG> environment variable (--mysql-dsn: HACONFD_MYSQL_DSN).
-func applyEnv(fs *pflag.FlagSet) error {
-	var errs []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "help" {
-			return
-		}
-		name := config.EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		val, ok := os.LookupEnv(name)
-		if !ok {
-			return
-		}
-		if err := fs.Set(f.Name, val); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		}
-	})
-	if len(errs) > 0 {
-		return &exitError{code: 2, err: errors.Join(errs...)}
-	}
-	return nil
-}
+// checkGroups are the settings of `haconfd check` (--listen defaults to
+// :9200, clustercheck's port).
+var checkGroups = []config.Group{config.GroupServe, config.GroupMySQL, config.GroupCheck, config.GroupLog}
 
 func newRegister(stdout, stderr io.Writer) *cobra.Command {
-	var (
-		ef                       etcdFlags
-		lf                       logFlags
-		opts                     galera.Options
-		layout, dsn              string
-		queryTimeout             time.Duration
-		defaultID, defaultHostNm string
-	)
-	if h, err := os.Hostname(); err == nil {
-		defaultID, defaultHostNm = h, h
-	}
+	var validateOnly bool
 	cmd := &cobra.Command{
 		Use:   "register",
 		Short: "Register this Galera node in etcd and keep it registered (the node-side sidecar)",
@@ -139,31 +40,24 @@ also publishes the node's wsrep_local_state_comment and wsrep_local_index
 (polled every --state-poll), so haconfd drains a node that is not Synced;
 while MySQL does not answer, the state published is "Unreachable".
 On SIGTERM/SIGINT it deletes only its own keys and revokes its lease.
-Every flag can also be set as HACONFD_<FLAG>, e.g. HACONFD_MYSQL_DSN.`,
+Every flag can also be set as HACONFD_<FLAG> (e.g. HACONFD_MYSQL_DSN) or in
+a --config file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
-				return err
-			}
-			logger, err := lf.logger(stderr)
+			cfg, err := load(cmd)
 			if err != nil {
 				return err
 			}
-			l, err := galera.ParseLayout(layout)
-			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("--layout: %w", err)}
+			logger := newLogger(cfg, stderr)
+			layout, _ := node.ParseLayout(cfg.Layout) // validated by load
+			opts := galera.Options{
+				Prefix: cfg.Prefixes[0], ID: cfg.NodeID, IP: cfg.IP, Port: cfg.Port, Host: cfg.Host,
+				ServiceInstanceName: cfg.ServiceInstanceName, Layout: layout, TTL: cfg.TTL,
+				StatePoll: cfg.StatePoll, QueryTimeout: cfg.QueryTimeout,
+				Logger: logger.With("component", "register"),
 			}
-			opts.Layout = l
-			if opts.Port < 1 || opts.Port > 65535 {
-				return &exitError{code: 2, err: fmt.Errorf("--port %d: not 1-65535", opts.Port)}
-			}
-			if queryTimeout <= 0 {
-				return &exitError{code: 2, err: fmt.Errorf("--query-timeout %s: must be positive", queryTimeout)}
-			}
-			opts.QueryTimeout = queryTimeout
-			opts.Logger = logger.With("component", "register")
-			if dsn != "" {
-				reader, err := galera.NewMySQLReader(dsn, queryTimeout)
+			if cfg.MySQLDSN != "" {
+				reader, err := galera.NewMySQLReader(cfg.MySQLDSN, cfg.QueryTimeout, logger)
 				if err != nil {
 					return &exitError{code: 2, err: fmt.Errorf("--mysql-dsn: %w", err)}
 				}
@@ -173,48 +67,34 @@ Every flag can also be set as HACONFD_<FLAG>, e.g. HACONFD_MYSQL_DSN.`,
 			if _, err := galera.New(nil, opts); err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			cli, err := ef.client()
-			if err != nil {
+			if validateOnly {
+				_, err := fmt.Fprintf(stdout, "config OK: node %s at %s:%d under %s\n", cfg.NodeID, cfg.IP, cfg.Port, cfg.Prefixes[0])
 				return err
-			}
-			defer cli.Close()
-			r, err := galera.New(cli, opts)
-			if err != nil {
-				return &exitError{code: 2, err: err}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			etcd, err := app.ConnectEtcd(ctx, cfg, logger)
+			if err != nil {
+				return classify(err)
+			}
+			defer etcd.Close()
+			r, err := galera.New(etcd.Client.Client, opts)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
 			if err := r.Run(ctx); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			return nil
 		},
 	}
-	fs := cmd.Flags()
-	ef.add(fs)
-	fs.StringVar(&opts.Prefix, "prefix", galera.DefaultPrefix, "etcd key prefix the node registers under")
-	fs.StringVar(&opts.ID, "id", defaultID, "node id below the prefix (default: the host name)")
-	fs.StringVar(&opts.IP, "ip", "", "the node's address clients reach MySQL on: IP or host name (required)")
-	fs.IntVar(&opts.Port, "port", 3306, "the node's MySQL port")
-	fs.StringVar(&opts.Host, "host", defaultHostNm, "host name published as <id>/host (default: the host name)")
-	fs.StringVar(&opts.ServiceInstanceName, "service-instance-name", "", "published as <id>/service_instance_name, e.g. the unit name")
-	fs.StringVar(&layout, "layout", string(galera.LayoutDir), "dir (one key per field) or json (one JSON value)")
-	fs.DurationVar(&opts.TTL, "ttl", galera.DefaultTTL, "lease TTL, whole seconds: the node disappears this long after the registrar dies")
-	fs.StringVar(&dsn, "mysql-dsn", "", `publish the node's Galera state read from this MySQL, e.g. "user:pass@tcp(127.0.0.1:3306)/" (prefer HACONFD_MYSQL_DSN)`)
-	fs.DurationVar(&opts.StatePoll, "state-poll", galera.DefaultStatePoll, "how often the Galera state is read with --mysql-dsn")
-	fs.DurationVar(&queryTimeout, "query-timeout", galera.DefaultCheckTimeout, "bound on one MySQL status read")
-	lf.add(fs)
-	_ = stdout
+	config.AddGroups(cmd.Flags(), nil, registerGroups...)
+	cmd.Flags().BoolVar(&validateOnly, "validate-config", false, "check flags, environment and config file, print what is wrong, exit 0 (OK) or 2; connects to nothing")
 	return cmd
 }
 
 func newCheck(stdout, stderr io.Writer) *cobra.Command {
-	var (
-		lf     logFlags
-		opts   galera.CheckOptions
-		listen string
-		dsn    string
-	)
+	var validateOnly bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Serve a clustercheck-compatible HTTP health check for this Galera node (for HAProxy's httpchk)",
@@ -222,34 +102,35 @@ func newCheck(stdout, stderr io.Writer) *cobra.Command {
 HEAD) like Percona's clustercheck: 200 "Percona XtraDB Cluster Node is
 synced." when wsrep_local_state is 4 (Synced), or 2 (Donor/Desynced) with
 --available-when-donor; 503 otherwise, also when read_only is ON unless
---available-when-readonly, when MySQL does not answer within --timeout, or
-while --disabled-file exists. The second line of the body says why.
-Every flag can also be set as HACONFD_<FLAG>, e.g. HACONFD_MYSQL_DSN.`,
+--available-when-readonly, when MySQL does not answer within
+--query-timeout, or while --disabled-file exists. The second line of the
+body says why. Every flag can also be set as HACONFD_<FLAG> (e.g.
+HACONFD_MYSQL_DSN) or in a --config file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
-				return err
-			}
-			logger, err := lf.logger(stderr)
+			cfg, err := load(cmd)
 			if err != nil {
 				return err
 			}
-			if dsn == "" {
-				return &exitError{code: 2, err: errors.New("--mysql-dsn: required")}
-			}
-			if opts.Timeout <= 0 {
-				return &exitError{code: 2, err: fmt.Errorf("--timeout %s: must be positive", opts.Timeout)}
-			}
-			reader, err := galera.NewMySQLReader(dsn, opts.Timeout)
+			logger := newLogger(cfg, stderr)
+			reader, err := galera.NewMySQLReader(cfg.MySQLDSN, cfg.QueryTimeout, logger)
 			if err != nil {
 				return &exitError{code: 2, err: fmt.Errorf("--mysql-dsn: %w", err)}
 			}
 			defer reader.Close()
-			ln, err := net.Listen("tcp", listen)
+			if validateOnly {
+				_, err := fmt.Fprintf(stdout, "config OK: health check on %s\n", cfg.Listen)
+				return err
+			}
+			ln, err := net.Listen("tcp", cfg.Listen)
 			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("--listen %s: %w", listen, err)}
+				return &exitError{code: 2, err: fmt.Errorf("--listen %s: %w", cfg.Listen, err)}
 			}
 			logger = logger.With("component", "check")
+			opts := galera.CheckOptions{
+				AvailableWhenDonor: cfg.AvailableWhenDonor, AvailableWhenReadOnly: cfg.AvailableWhenReadOnly,
+				Timeout: cfg.QueryTimeout, DisabledFile: cfg.DisabledFile,
+			}
 			srv := &http.Server{
 				Handler:           galera.NewCheck(reader, opts, logger),
 				ReadHeaderTimeout: 5 * time.Second,
@@ -262,25 +143,31 @@ Every flag can also be set as HACONFD_<FLAG>, e.g. HACONFD_MYSQL_DSN.`,
 			logger.Info("health check listening", "listen", ln.Addr().String())
 			select {
 			case err := <-errc:
-				return &exitError{code: 1, err: fmt.Errorf("serve %s: %w", listen, err)}
+				return &exitError{code: 1, err: fmt.Errorf("serve %s: %w", cfg.Listen, err)}
 			case <-ctx.Done():
 			}
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
-				return &exitError{code: 1, err: fmt.Errorf("stop serving %s: %w", listen, err)}
+				return &exitError{code: 1, err: fmt.Errorf("stop serving %s: %w", cfg.Listen, err)}
 			}
 			return nil
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&listen, "listen", ":9200", "address the health check listens on")
-	fs.StringVar(&dsn, "mysql-dsn", "", `MySQL to check, e.g. "user:pass@tcp(127.0.0.1:3306)/" or "user:pass@unix(/run/mysqld/mysqld.sock)/" (required; prefer HACONFD_MYSQL_DSN)`)
-	fs.BoolVar(&opts.AvailableWhenDonor, "available-when-donor", false, "answer 200 while the node is Donor/Desynced (wsrep_local_state 2)")
-	fs.BoolVar(&opts.AvailableWhenReadOnly, "available-when-readonly", false, "answer 200 while read_only is ON")
-	fs.DurationVar(&opts.Timeout, "timeout", galera.DefaultCheckTimeout, "bound on one check's MySQL queries; past it the answer is 503")
-	fs.StringVar(&opts.DisabledFile, "disabled-file", "", "while this file exists, answer 503 (take the node out by hand)")
-	lf.add(fs)
-	_ = stdout
+	config.AddGroups(fs, func(d *config.Config) { d.Listen = ":9200" }, checkGroups...)
+	// --timeout was check's name for --query-timeout (kept for existing units).
+	fs.Duration("timeout", 0, "deprecated: --query-timeout")
+	_ = fs.MarkDeprecated("timeout", "use --query-timeout")
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if f := fs.Lookup("timeout"); f.Changed {
+			if fs.Lookup("query-timeout").Changed {
+				return &exitError{code: 2, err: errors.New("--timeout: give --query-timeout only (--timeout is its old name)")}
+			}
+			return fs.Set("query-timeout", f.Value.String())
+		}
+		return nil
+	}
+	fs.BoolVar(&validateOnly, "validate-config", false, "check flags, environment and config file, print what is wrong, exit 0 (OK) or 2; serves nothing")
 	return cmd
 }

@@ -20,8 +20,14 @@ import (
 // statusTimeout bounds `haconfd status` against an unreachable etcd.
 const statusTimeout = 20 * time.Second
 
+// statusGroups are the settings of `haconfd status`.
+var statusGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupFleet, config.GroupLog}
+
 func newStatus(stdout, stderr io.Writer) *cobra.Command {
-	var format string
+	var (
+		format       string
+		validateOnly bool
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every haconfd instance of the fleet: converged, lagging, failing or gone",
@@ -41,16 +47,16 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 			if format != "table" && format != "json" {
 				return &exitError{code: 2, err: fmt.Errorf("--format: %q must be table or json", format)}
 			}
-			// status writes no HAProxy file: do not check --output's directory.
-			if !cmd.Flags().Changed("dry-run") {
-				_ = cmd.Flags().Set("dry-run", "true")
-			}
 			cfg, err := load(cmd)
 			if err != nil {
 				return err
 			}
 			if cfg.StatusPrefix == "" {
 				return &exitError{code: 2, err: fmt.Errorf("--status-prefix: must not be empty for status")}
+			}
+			if validateOnly {
+				_, err := fmt.Fprintf(stdout, "config OK: fleet under %s\n", cfg.StatusPrefix)
+				return err
 			}
 			logger := newLogger(cfg, stderr)
 			ctx, cancel := context.WithTimeout(cmd.Context(), statusTimeout)
@@ -60,7 +66,7 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 				return classify(err)
 			}
 			defer etcd.Close()
-			f, err := fleet.ReadAll(ctx, etcd.Client, cfg.StatusPrefix, cfg.Prefixes)
+			f, err := fleet.ReadAll(ctx, etcd.Client.Client, cfg.StatusPrefix, cfg.Prefixes)
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
@@ -79,8 +85,9 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 			return nil
 		},
 	}
-	config.AddFlags(cmd.Flags())
+	config.AddGroups(cmd.Flags(), nil, statusGroups...)
 	cmd.Flags().StringVar(&format, "format", "table", "output: table or json")
+	cmd.Flags().BoolVar(&validateOnly, "validate-config", false, "check flags, environment and config file, print what is wrong, exit 0 (OK) or 2; connects to nothing")
 	return cmd
 }
 

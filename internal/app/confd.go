@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,9 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/confd"
 	"github.com/haconfd/haconfd/internal/config"
@@ -130,47 +127,35 @@ func RunConfd(ctx context.Context, set *confd.Set, ap *confd.Applier, src Source
 	}).Run(ctx)
 }
 
-// ConfdEtcd returns a client for confd's etcd settings.
-func ConfdEtcd(g confd.Global) (*clientv3.Client, error) {
-	if len(g.Nodes) == 0 {
-		return nil, configErr(errors.New("-node: no etcd endpoints"))
-	}
-	var tlsCfg *tls.Config
-	if g.ClientCert != "" || g.ClientCaKeys != "" {
-		info := transport.TLSInfo{CertFile: g.ClientCert, KeyFile: g.ClientKey, TrustedCAFile: g.ClientCaKeys}
-		c, err := info.ClientConfig()
-		if err != nil {
-			return nil, configErr(fmt.Errorf("-client-cert/-client-key/-client-ca-keys: %w", err))
-		}
-		tlsCfg = c
-	}
+// confdEtcd is confd's etcd settings as haconfd's (one etcd client for
+// every command).
+func confdEtcd(g confd.Global) config.Etcd {
 	user, pass := g.EtcdAuth()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   g.Nodes,
-		DialTimeout: 5 * time.Second,
-		Username:    user,
-		Password:    pass,
-		TLS:         tlsCfg,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", g.Nodes, err)
+	return config.Etcd{
+		EtcdEndpoints: g.Nodes, EtcdDialTimeout: 5 * time.Second,
+		EtcdUsername: user, EtcdPassword: pass,
+		EtcdCA: g.ClientCaKeys, EtcdCert: g.ClientCert, EtcdKey: g.ClientKey,
 	}
-	return cli, nil
 }
 
-// Confd is `haconfd confd` (confd's own flags): etcd from confd's
-// settings, then RunConfdDir.
+// Confd is `haconfd confd` (confd's own flags, translated into haconfd's
+// settings): etcd through the same client as every command, then
+// RunConfdDir.
 func Confd(ctx context.Context, g confd.Global, logger *slog.Logger) error {
 	if err := g.ResolveNodes(net.LookupSRV); err != nil {
 		return configErr(err)
 	}
-	cli, err := ConfdEtcd(g)
+	if len(g.Nodes) == 0 {
+		return configErr(errors.New("-node: no etcd endpoints"))
+	}
+	cfg := config.Defaults()
+	cfg.Etcd = confdEtcd(g)
+	etcd, err := ConnectEtcd(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	return RunConfdDir(ctx, g, cli, 0, logger)
+	defer etcd.Close()
+	return RunConfdDir(ctx, g, etcd.Client.Client, 0, logger)
 }
 
 // ConfdGlobal is the confd setting for `haconfd run --confdir`: the

@@ -2,9 +2,9 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/etcdclient"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,12 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
@@ -121,11 +115,10 @@ func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error
 	return m, nil
 }
 
-// Etcd is a client to the configured etcd, and the embedded server when
-// --embedded-etcd asked for one.
+// Etcd is the etcd haconfd talks to: the client, and the embedded server
+// when --embedded-etcd asked for one.
 type Etcd struct {
-	Client *clientv3.Client
-	TLS    *tls.Config
+	*etcdclient.Client
 	server *etcdserver.Server
 }
 
@@ -139,87 +132,42 @@ func (e *Etcd) Close() {
 	}
 }
 
-// ConnectEtcd starts the embedded etcd if asked and returns a client.
-// The client does not wait for etcd: an unreachable etcd is retried by
-// the watcher, never turned into an empty config.
+// ConnectEtcd starts the embedded etcd if asked and returns a client
+// (etcdclient.Connect). The client does not wait for etcd: an unreachable
+// etcd is retried by the watcher, never turned into an empty config.
 func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*Etcd, error) {
 	e := &Etcd{}
-	endpoints := cfg.EtcdEndpoints
+	settings := cfg.Etcd
 	if cfg.EmbeddedEtcd != "" {
 		srv, err := etcdserver.Start(ctx, etcdserver.Options{Dir: cfg.EmbeddedEtcd, ClientURL: cfg.EmbeddedEtcdURL})
 		if err != nil {
 			return nil, fmt.Errorf("--embedded-etcd %s: %w", cfg.EmbeddedEtcd, err)
 		}
 		e.server = srv
-		endpoints = srv.Endpoints()
-		logger.Info("embedded etcd started", "endpoints", endpoints, "dir", cfg.EmbeddedEtcd)
+		settings.EtcdEndpoints = srv.Endpoints()
+		logger.Info("embedded etcd started", "endpoints", settings.EtcdEndpoints, "dir", cfg.EmbeddedEtcd)
 	}
-	var tlsCfg *tls.Config
-	if cfg.EtcdCA != "" || cfg.EtcdCert != "" {
-		info := transport.TLSInfo{TrustedCAFile: cfg.EtcdCA, CertFile: cfg.EtcdCert, KeyFile: cfg.EtcdKey}
-		c, err := info.ClientConfig()
-		if err != nil {
-			e.Close()
+	cli, err := etcdclient.Connect(ctx, settings, logger)
+	if err != nil {
+		e.Close()
+		switch {
+		case errors.Is(err, etcdclient.ErrCredentials):
+			return nil, configErr(fmt.Errorf("--etcd-username %s: etcd rejected the credentials: %w", cfg.EtcdUsername, err))
+		case errors.Is(err, etcdclient.ErrTLSFiles):
 			return nil, configErr(fmt.Errorf("etcd TLS: %w", err))
 		}
-		tlsCfg = c
+		return nil, err
 	}
-	ccfg := clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          cfg.EtcdDialTimeout,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		Username:             cfg.EtcdUsername,
-		Password:             cfg.EtcdPassword,
-		TLS:                  tlsCfg,
-		Logger:               zap.NewNop(),
-		// gRPC's own reconnect backoff grows to 2 minutes: after a long
-		// outage etcd could be back that long before haconfd sees it.
-		// Retry at least every 2 s (each try is one TCP connect).
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-			MinConnectTimeout: cfg.EtcdDialTimeout,
-		})},
-	}
-	e.TLS = tlsCfg
-	// Without credentials the client does not wait for etcd (the watcher
-	// retries). With them it fetches a token at once: retry that until
-	// etcd answers, so that an unreachable etcd at start is waited for,
-	// not an exit; a rejected password is a configuration error.
-	wait := 250 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		cli, err := clientv3.New(ccfg)
-		if err == nil {
-			e.Client = cli
-			return e, nil
-		}
-		if errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrGRPCAuthFailed) {
-			e.Close()
-			return nil, configErr(fmt.Errorf("--etcd-username %s: etcd rejected the credentials: %w", cfg.EtcdUsername, err))
-		}
-		if cfg.EtcdUsername == "" || ctx.Err() != nil {
-			e.Close()
-			return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			logger.Warn("etcd unreachable, retrying; nothing is applied until it answers", "endpoints", endpoints, "attempt", attempt, "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			e.Close()
-			return nil, fmt.Errorf("etcd client for %v: %w", endpoints, ctx.Err())
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
+	e.Client = cli
+	return e, nil
 }
 
 // NewWatcher returns the etcd source for cfg's prefixes.
 func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.Etcd, error) {
-	w, err := watch.NewEtcd(etcd.Client, watch.Options{
+	w, err := watch.NewEtcd(etcd.Client.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
-		TLS:      etcd.TLS,
+		Diagnose: etcd.Diagnose,
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -250,7 +198,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 			return err
 		}
 		defer etcd.Close()
-		return RunConfdDir(ctx, g, etcd.Client, cfg.WaitMin, logger)
+		return RunConfdDir(ctx, g, etcd.Client.Client, cfg.WaitMin, logger)
 	}
 	hv, err := CheckHAProxy(ctx, cfg.HAProxyBin)
 	if err != nil {
@@ -280,7 +228,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 	defer etcd.Close()
 	fl := newFleetGlue(cfg, logger)
 	if fl != nil {
-		if err := fl.attach(etcd.Client); err != nil {
+		if err := fl.attach(etcd.Client.Client); err != nil {
 			return err
 		}
 	}
@@ -308,11 +256,11 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Board:        board,
 		Metrics:      metrics,
 	})
-	src, err := watch.NewEtcd(etcd.Client, watch.Options{
+	src, err := watch.NewEtcd(etcd.Client.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
 		OnStatus: func(st watch.Status) { etcdStatus(board, bus, metrics, st) },
-		TLS:      etcd.TLS,
+		Diagnose: etcd.Diagnose,
 	})
 	if err != nil {
 		return configErr(err)

@@ -1,7 +1,10 @@
-// Package config is haconfd's one typed configuration: defaults, loading
-// from flags, HACONFD_* environment variables and a YAML or TOML file
-// (precedence: defaults < file < env < flags), and validation that names
-// every wrong setting and why.
+// Package config is haconfd's one typed configuration: settings grouped by
+// concern (etcd, watch, rendering, HAProxy, loop, serving, fleet, logging,
+// the Galera node tools), defaults, loading from flags, HACONFD_*
+// environment variables and a YAML or TOML file (precedence: defaults <
+// file < env < flags), and validation that names every wrong setting and
+// why. Each command registers only the groups it uses (AddGroups); every
+// command reads flags, the environment and --config the same way.
 package config
 
 import (
@@ -12,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,22 +25,25 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/haconfd/haconfd/internal/fleet"
+	"github.com/haconfd/haconfd/render/node"
 )
 
 // EnvPrefix is the prefix of every environment variable haconfd reads:
 // --etcd-endpoints is HACONFD_ETCD_ENDPOINTS.
 const EnvPrefix = "HACONFD"
 
-// Apply modes.
+// MaxSocketPath is the longest path a unix socket address holds on Linux.
+const MaxSocketPath = 107
+
+// Apply modes (--apply).
 const (
-	ApplyAuto    = "auto"
-	ApplyRuntime = "runtime"
-	ApplyReload  = "reload"
+	ApplyAuto    = "auto"    // runtime API for server changes, reload for the rest
+	ApplyRuntime = "runtime" // the same, and every reload logged as a warning
+	ApplyReload  = "reload"  // every change is a reload
 )
 
-// Config is every setting of `haconfd run` and `haconfd render`.
-type Config struct {
-	// etcd
+// Etcd is how to reach etcd.
+type Etcd struct {
 	EtcdEndpoints   []string      `mapstructure:"etcd-endpoints"`
 	EtcdDialTimeout time.Duration `mapstructure:"etcd-dial-timeout"`
 	EtcdUsername    string        `mapstructure:"etcd-username"`
@@ -44,12 +51,22 @@ type Config struct {
 	EtcdCA          string        `mapstructure:"etcd-ca"`
 	EtcdCert        string        `mapstructure:"etcd-cert"`
 	EtcdKey         string        `mapstructure:"etcd-key"`
-	EmbeddedEtcd    string        `mapstructure:"embedded-etcd"`
-	EmbeddedEtcdURL string        `mapstructure:"embedded-etcd-url"`
-	Prefixes        []string      `mapstructure:"prefix"`
-	Confdir         string        `mapstructure:"confdir"`
+}
 
-	// rendering
+// Embedded is the in-process etcd for trying haconfd out.
+type Embedded struct {
+	EmbeddedEtcd    string `mapstructure:"embedded-etcd"`
+	EmbeddedEtcdURL string `mapstructure:"embedded-etcd-url"`
+}
+
+// Watch is what is watched in etcd.
+type Watch struct {
+	Prefixes []string `mapstructure:"prefix"`
+	Confdir  string   `mapstructure:"confdir"`
+}
+
+// Render is how the config is rendered.
+type Render struct {
 	Template     string            `mapstructure:"template"`
 	Base         string            `mapstructure:"base"`
 	Bind         string            `mapstructure:"bind"`
@@ -57,8 +74,10 @@ type Config struct {
 	WriterBind   string            `mapstructure:"writer-bind"`
 	CheckPort    string            `mapstructure:"check-port"`
 	Vars         map[string]string `mapstructure:"var"`
+}
 
-	// HAProxy
+// HAProxy is the HAProxy haconfd keeps in step, and how.
+type HAProxy struct {
 	Output            string        `mapstructure:"output"`
 	HAProxyBin        string        `mapstructure:"haproxy-bin"`
 	PIDFile           string        `mapstructure:"pidfile"`
@@ -72,8 +91,10 @@ type Config struct {
 	Supervise         bool          `mapstructure:"supervise"`
 	MasterSocket      string        `mapstructure:"master-socket"`
 	StopHAProxyOnExit bool          `mapstructure:"stop-haproxy-on-exit"`
+}
 
-	// loop
+// Loop is when and whether changes are applied.
+type Loop struct {
 	Wait       string        `mapstructure:"wait"`
 	MinServers int           `mapstructure:"min-servers"`
 	MaxRemove  float64       `mapstructure:"max-remove"`
@@ -81,156 +102,298 @@ type Config struct {
 	Force      bool          `mapstructure:"force"`
 	Once       bool          `mapstructure:"once"`
 	DryRun     bool          `mapstructure:"dry-run"`
-
-	// observability
-	Listen string `mapstructure:"listen"`
-
-	// fleet: many haconfd instances on one etcd
-	Instance             string        `mapstructure:"instance"`
-	StatusPrefix         string        `mapstructure:"status-prefix"`
-	StatusTTL            time.Duration `mapstructure:"status-ttl"`
-	MaxConcurrentReloads int           `mapstructure:"max-concurrent-reloads"`
-
-	// logging
-	LogFormat string `mapstructure:"log-format"`
-	LogLevel  string `mapstructure:"log-level"`
-
-	// ConfigFile is the --config file Load read ("" if none).
-	ConfigFile string `mapstructure:"-"`
-	// Derived by Load from Wait; not settable directly.
+	// Derived by Validate from Wait; not settable directly.
 	WaitMin time.Duration `mapstructure:"-"`
 	WaitMax time.Duration `mapstructure:"-"`
 }
 
+// Serve is the HTTP address a command serves on (run: /metrics, /readyz,
+// ...; check: the health check).
+type Serve struct {
+	Listen string `mapstructure:"listen"`
+}
+
+// Fleet is this instance among many on one etcd.
+type Fleet struct {
+	Instance             string        `mapstructure:"instance"`
+	StatusPrefix         string        `mapstructure:"status-prefix"`
+	StatusTTL            time.Duration `mapstructure:"status-ttl"`
+	MaxConcurrentReloads int           `mapstructure:"max-concurrent-reloads"`
+}
+
+// Log is logging.
+type Log struct {
+	LogFormat string `mapstructure:"log-format"`
+	LogLevel  string `mapstructure:"log-level"`
+}
+
+// Node is the database node `haconfd register` registers.
+type Node struct {
+	NodeID              string        `mapstructure:"id"`
+	IP                  string        `mapstructure:"ip"`
+	Port                int           `mapstructure:"port"`
+	Host                string        `mapstructure:"host"`
+	ServiceInstanceName string        `mapstructure:"service-instance-name"`
+	Layout              string        `mapstructure:"layout"`
+	TTL                 time.Duration `mapstructure:"ttl"`
+	StatePoll           time.Duration `mapstructure:"state-poll"`
+}
+
+// MySQL is the local database the Galera tools read.
+type MySQL struct {
+	MySQLDSN     string        `mapstructure:"mysql-dsn"`
+	QueryTimeout time.Duration `mapstructure:"query-timeout"`
+}
+
+// Check is how `haconfd check` answers.
+type Check struct {
+	AvailableWhenDonor    bool   `mapstructure:"available-when-donor"`
+	AvailableWhenReadOnly bool   `mapstructure:"available-when-readonly"`
+	DisabledFile          string `mapstructure:"disabled-file"`
+}
+
+// Config is every setting of every command, in groups. A command uses
+// the groups it registered; the others keep their defaults.
+type Config struct {
+	Etcd     `mapstructure:",squash"`
+	Embedded `mapstructure:",squash"`
+	Watch    `mapstructure:",squash"`
+	Render   `mapstructure:",squash"`
+	HAProxy  `mapstructure:",squash"`
+	Loop     `mapstructure:",squash"`
+	Serve    `mapstructure:",squash"`
+	Fleet    `mapstructure:",squash"`
+	Log      `mapstructure:",squash"`
+	Node     `mapstructure:",squash"`
+	MySQL    `mapstructure:",squash"`
+	Check    `mapstructure:",squash"`
+
+	// ConfigFile is the --config file Load read ("" if none).
+	ConfigFile string `mapstructure:"-"`
+	// Groups are the groups the command registered (set by Load).
+	Groups []Group `mapstructure:"-"`
+}
+
+// Group names a group of settings (the name of its type).
+type Group string
+
+// The groups.
+const (
+	GroupEtcd     Group = "Etcd"
+	GroupEmbedded Group = "Embedded"
+	GroupWatch    Group = "Watch"
+	GroupRender   Group = "Render"
+	GroupHAProxy  Group = "HAProxy"
+	GroupLoop     Group = "Loop"
+	GroupServe    Group = "Serve"
+	GroupFleet    Group = "Fleet"
+	GroupLog      Group = "Log"
+	GroupNode     Group = "Node"
+	GroupMySQL    Group = "MySQL"
+	GroupCheck    Group = "Check"
+)
+
+// DaemonGroups are the groups of `haconfd run` (and `render`, its dry run).
+var DaemonGroups = []Group{GroupEtcd, GroupEmbedded, GroupWatch, GroupRender, GroupHAProxy, GroupLoop, GroupServe, GroupFleet, GroupLog}
+
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
+	host, _ := os.Hostname()
 	return Config{
-		EtcdEndpoints:   []string{"http://127.0.0.1:2379"},
-		EtcdDialTimeout: 5 * time.Second,
-		EmbeddedEtcdURL: "http://127.0.0.1:2379",
-		Prefixes:        []string{"/components/galera"},
-		Bind:            ":3306",
-		CheckPort:       "9200",
-		Vars:            map[string]string{},
-		Output:          "/etc/haproxy/haproxy.cfg",
-		HAProxyBin:      "haproxy",
-		PIDFile:         "/run/haproxy.pid",
-		RuntimeSocket:   "/run/haproxy/admin.sock",
-		Apply:           ApplyAuto,
-		Settle:          200 * time.Millisecond,
-		DrainTimeout:    10 * time.Second,
-		Resync:          30 * time.Second,
-		MasterSocket:    "/run/haproxy/master.sock",
-		Wait:            "100ms:2s",
-		MinServers:      1,
-		MaxRemove:       0.5,
-		GuardHold:       time.Minute,
-		Listen:          "127.0.0.1:9480",
-		StatusPrefix:    "/haconfd/instances",
-		StatusTTL:       10 * time.Second,
-
-		MaxConcurrentReloads: 1,
-		LogFormat:            "text",
-		LogLevel:             "info",
+		Etcd:     Etcd{EtcdEndpoints: []string{"http://127.0.0.1:2379"}, EtcdDialTimeout: 5 * time.Second},
+		Embedded: Embedded{EmbeddedEtcdURL: "http://127.0.0.1:2379"},
+		Watch:    Watch{Prefixes: []string{"/components/galera"}},
+		Render:   Render{Bind: ":3306", CheckPort: "9200", Vars: map[string]string{}},
+		HAProxy: HAProxy{
+			Output:        "/etc/haproxy/haproxy.cfg",
+			HAProxyBin:    "haproxy",
+			PIDFile:       "/run/haproxy.pid",
+			RuntimeSocket: "/run/haproxy/admin.sock",
+			Apply:         ApplyAuto,
+			Settle:        200 * time.Millisecond,
+			DrainTimeout:  10 * time.Second,
+			Resync:        30 * time.Second,
+			MasterSocket:  "/run/haproxy/master.sock",
+		},
+		Loop:  Loop{Wait: "100ms:2s", MinServers: 1, MaxRemove: 0.5, GuardHold: time.Minute},
+		Serve: Serve{Listen: "127.0.0.1:9480"},
+		Fleet: Fleet{StatusPrefix: "/haconfd/instances", StatusTTL: 10 * time.Second, MaxConcurrentReloads: 1},
+		Log:   Log{LogFormat: "text", LogLevel: "info"},
+		Node: Node{NodeID: host, Port: node.DefaultPort, Host: host, Layout: string(node.LayoutDir),
+			TTL: 10 * time.Second, StatePoll: 500 * time.Millisecond},
+		MySQL: MySQL{QueryTimeout: 2 * time.Second},
 	}
 }
 
 // flagHelp documents every setting; the flag name is the mapstructure tag.
 var flagHelp = map[string]string{
-	"etcd-endpoints":         "etcd v3 client URLs, comma-separated",
-	"etcd-dial-timeout":      "how long to wait for an etcd connection before retrying",
-	"etcd-username":          "etcd user name (with --etcd-password)",
-	"etcd-password":          "etcd password (prefer HACONFD_ETCD_PASSWORD or the config file; never logged)",
-	"etcd-ca":                "CA certificate file that signed etcd's server certificate",
-	"etcd-cert":              "client certificate file for etcd TLS authentication",
-	"etcd-key":               "client key file for etcd TLS authentication",
-	"embedded-etcd":          "run an in-process single-node etcd with its data in this directory (for trying haconfd out)",
-	"embedded-etcd-url":      "client URL the embedded etcd listens on",
-	"prefix":                 "etcd key prefix(es) where nodes register, comma-separated",
-	"confdir":                "run an existing confd directory (conf.d/*.toml + templates/) instead of --template; etcd settings come from haconfd's flags",
-	"template":               "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
-	"base":                   "static file (global/defaults) put before the rendered sections",
-	"bind":                   "address the default template's listen section binds (template variable .Vars.bind)",
-	"single-writer":          "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
-	"writer-bind":            "default template: also render a single-writer section \"listen galera-writer\" on this address",
-	"check-port":             "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
-	"var":                    "extra template variables as key=value (template: .Vars.key), repeatable",
-	"output":                 "the live HAProxy config file haconfd writes",
-	"haproxy-bin":            "HAProxy binary",
-	"pidfile":                "HAProxy pidfile (haproxy -p)",
-	"runtime-socket":         "HAProxy stats socket (level admin, expose-fd listeners) used for hitless reloads and verification",
-	"reload-cmd":             "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
-	"apply":                  "how changes reach HAProxy: auto, runtime or reload",
-	"settle":                 "how long a new HAProxy process must stay alive and answering before a reload counts as done",
-	"drain-timeout":          "how long a removed server may keep its sessions before they are shut down (runtime API; the drain runs in the background)",
-	"resync":                 "how often HAProxy's live server state is compared with etcd's and repaired (a change typed on the socket, a HAProxy restarted by someone else); 0: only after reloads and reconnects",
-	"state-file":             "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
-	"supervise":              "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
-	"master-socket":          "master CLI socket for --supervise",
-	"stop-haproxy-on-exit":   "stop HAProxy when haconfd exits (default: leave it serving)",
-	"wait":                   "quiescence MIN[:MAX]: apply MIN after the last change, but never later than MAX after the first",
-	"min-servers":            "keep the last servers of a section configured when fewer than this would remain (until others return, or --force); a first start waits for this many nodes",
-	"max-remove":             "hold the removals beyond this share (0-1) of a section's servers within --guard-hold (held servers stay configured); 1: off",
-	"guard-hold":             "a server held by --max-remove is released after this long; removals within it count together (0: held until its node returns or --force, removals counted over 1m)",
-	"force":                  "hold nothing the guards would hold (--min-servers, --max-remove)",
-	"listen":                 "address for /metrics, /healthz, /readyz and /status (empty: off)",
-	"once":                   "render and apply once, then exit (exit 1 if that failed)",
-	"dry-run":                "render and validate, print what would be applied, change nothing",
-	"instance":               "this instance's name in the fleet status (default: the host name)",
-	"status-prefix":          "etcd prefix where each instance publishes its status on a lease (<prefix>/<instance>; empty: publish nothing, no reload coordination)",
-	"status-ttl":             "lease TTL of the published status: an instance that dies is shown gone after this long (whole seconds, at least 1s)",
-	"max-concurrent-reloads": "how many instances of the fleet may reload HAProxy at once (an etcd semaphore; runtime API changes never wait); 0: no coordination",
-	"log-format":             "log format: text or json",
-	"log-level":              "log level: debug, info, warn or error",
+	"etcd-endpoints":          "etcd v3 client URLs, comma-separated",
+	"etcd-dial-timeout":       "how long to wait for an etcd connection before retrying",
+	"etcd-username":           "etcd user name (with --etcd-password)",
+	"etcd-password":           "etcd password (prefer HACONFD_ETCD_PASSWORD or the config file; never logged)",
+	"etcd-ca":                 "CA certificate file that signed etcd's server certificate",
+	"etcd-cert":               "client certificate file for etcd TLS authentication",
+	"etcd-key":                "client key file for etcd TLS authentication",
+	"embedded-etcd":           "run an in-process single-node etcd with its data in this directory (for trying haconfd out)",
+	"embedded-etcd-url":       "client URL the embedded etcd listens on",
+	"prefix":                  "etcd key prefix(es) where nodes register, comma-separated",
+	"confdir":                 "run an existing confd directory (conf.d/*.toml + templates/) instead of --template; etcd settings come from haconfd's flags",
+	"template":                "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
+	"base":                    "static file (global/defaults) put before the rendered sections",
+	"bind":                    "address the default template's listen section binds (template variable .Vars.bind)",
+	"single-writer":           "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
+	"writer-bind":             "default template: also render a single-writer section \"listen galera-writer\" on this address",
+	"check-port":              "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
+	"var":                     "extra template variables as key=value (template: .Vars.key), repeatable",
+	"output":                  "the live HAProxy config file haconfd writes",
+	"haproxy-bin":             "HAProxy binary",
+	"pidfile":                 "HAProxy pidfile (haproxy -p)",
+	"runtime-socket":          "HAProxy stats socket (level admin, expose-fd listeners) used for hitless reloads and verification",
+	"reload-cmd":              "command that reloads a HAProxy managed by someone else (e.g. \"systemctl reload haproxy\"); run with sh -c, the config path in $HACONFD_CONFIG",
+	"apply":                   "how changes reach HAProxy: auto, runtime or reload",
+	"settle":                  "how long a new HAProxy process must stay alive and answering before a reload counts as done",
+	"drain-timeout":           "how long a removed server may keep its sessions before they are shut down (runtime API; the drain runs in the background)",
+	"resync":                  "how often HAProxy's live server state is compared with etcd's and repaired (a change typed on the socket, a HAProxy restarted by someone else); 0: only after reloads and reconnects",
+	"state-file":              "server-state-file dumped before every reload so runtime changes survive it (default: <output>.state)",
+	"supervise":               "run HAProxy as haconfd's child in master-worker mode (-W -S --master-socket), restart it if it dies, reload through the master",
+	"master-socket":           "master CLI socket for --supervise",
+	"stop-haproxy-on-exit":    "stop HAProxy when haconfd exits (default: leave it serving)",
+	"wait":                    "quiescence MIN[:MAX] of the reload lane: reload MIN after the last change, but never later than MAX after the first (server changes never wait)",
+	"min-servers":             "keep the last servers of a section configured when fewer than this would remain (until others return, or --force); a first start waits for this many nodes",
+	"max-remove":              "hold the removals beyond this share (0-1) of a section's servers within --guard-hold (held servers stay configured); 1: off",
+	"guard-hold":              "a server held by --max-remove is released after this long; removals within it count together (0: held until its node returns or --force, removals counted over 1m)",
+	"force":                   "hold nothing the guards would hold (--min-servers, --max-remove)",
+	"listen":                  "address to serve HTTP on (run: /, /metrics, /healthz, /readyz, /status, /events, /servers; empty: off)",
+	"once":                    "render and apply once, then exit (exit 1 if that failed)",
+	"dry-run":                 "render and validate, print what would be applied, change nothing",
+	"instance":                "this instance's name in the fleet status (default: the host name)",
+	"status-prefix":           "etcd prefix where each instance publishes its status on a lease (<prefix>/<instance>; empty: publish nothing, no reload coordination)",
+	"status-ttl":              "lease TTL of the published status: an instance that dies is shown gone after this long (whole seconds, at least 1s)",
+	"max-concurrent-reloads":  "how many instances of the fleet may reload HAProxy at once (an etcd semaphore; runtime API changes never wait); 0: no coordination",
+	"log-format":              "log format: text or json",
+	"log-level":               "log level: debug, info, warn or error",
+	"id":                      "node id below the prefix (default: the host name)",
+	"ip":                      "the node's address clients reach MySQL on: IP or host name (required)",
+	"port":                    "the node's MySQL port",
+	"host":                    "host name published as <id>/host (default: the host name)",
+	"service-instance-name":   "published as <id>/service_instance_name, e.g. the unit name",
+	"layout":                  "dir (one key per field) or json (one JSON value)",
+	"ttl":                     "lease TTL, whole seconds: the node disappears this long after the registrar dies",
+	"state-poll":              "how often the Galera state is read with --mysql-dsn",
+	"mysql-dsn":               `MySQL to read, e.g. "user:pass@tcp(127.0.0.1:3306)/" or "user:pass@unix(/run/mysqld/mysqld.sock)/" (prefer HACONFD_MYSQL_DSN)`,
+	"query-timeout":           "bound on one read of MySQL's status; past it the node counts as not answering",
+	"available-when-donor":    "answer 200 while the node is Donor/Desynced (wsrep_local_state 2)",
+	"available-when-readonly": "answer 200 while read_only is ON",
+	"disabled-file":           "while this file exists, answer 503 (take the node out by hand)",
 }
 
-// AddFlags registers one flag per setting on fs, with the defaults of
-// Defaults().
-func AddFlags(fs *pflag.FlagSet) {
-	d := Defaults()
-	v := reflect.ValueOf(d)
-	t := v.Type()
+// groupAnnotation marks a flag with its group.
+const groupAnnotation = "haconfd-group"
+
+// field is one setting: its key, group and place in Config.
+type field struct {
+	key   string
+	group Group
+	index []int // reflect field index path from Config
+}
+
+// fields lists every setting of Config, in declaration order.
+func fields() []field {
+	var out []field
+	t := reflect.TypeOf(Config{})
 	for i := 0; i < t.NumField(); i++ {
-		name := t.Field(i).Tag.Get("mapstructure")
-		if name == "-" {
+		g := t.Field(i)
+		if !g.Anonymous {
 			continue
 		}
-		help := flagHelp[name]
-		switch f := v.Field(i).Interface().(type) {
-		case string:
-			fs.String(name, f, help)
-		case bool:
-			fs.Bool(name, f, help)
-		case int:
-			fs.Int(name, f, help)
-		case float64:
-			fs.Float64(name, f, help)
-		case time.Duration:
-			fs.Duration(name, f, help)
-		case []string:
-			fs.StringSlice(name, f, help)
-		case map[string]string:
-			fs.StringToString(name, f, help)
-		default:
-			panic(fmt.Sprintf("config: no flag type for %s", name))
+		for j := 0; j < g.Type.NumField(); j++ {
+			f := g.Type.Field(j)
+			key := f.Tag.Get("mapstructure")
+			if key == "-" || key == "" {
+				continue
+			}
+			out = append(out, field{key: key, group: Group(g.Type.Name()), index: []int{i, j}})
 		}
 	}
-	fs.String("config", "", "config file (YAML or TOML) with the same keys as the flags")
+	return out
+}
+
+// AddFlags registers the flags of `haconfd run` (DaemonGroups) and --config.
+func AddFlags(fs *pflag.FlagSet) { AddGroups(fs, nil, DaemonGroups...) }
+
+// AddGroups registers one flag per setting of groups on fs, with the
+// defaults of Defaults() changed by override (may be nil; e.g. check's
+// --listen default), and --config.
+func AddGroups(fs *pflag.FlagSet, override func(*Config), groups ...Group) {
+	d := Defaults()
+	if override != nil {
+		override(&d)
+	}
+	v := reflect.ValueOf(d)
+	for _, f := range fields() {
+		if !slices.Contains(groups, f.group) {
+			continue
+		}
+		help := flagHelp[f.key]
+		switch val := v.FieldByIndex(f.index).Interface().(type) {
+		case string:
+			fs.String(f.key, val, help)
+		case bool:
+			fs.Bool(f.key, val, help)
+		case int:
+			fs.Int(f.key, val, help)
+		case float64:
+			fs.Float64(f.key, val, help)
+		case time.Duration:
+			fs.Duration(f.key, val, help)
+		case []string:
+			fs.StringSlice(f.key, val, help)
+		case map[string]string:
+			fs.StringToString(f.key, val, help)
+		default:
+			panic(fmt.Sprintf("config: no flag type for %s", f.key))
+		}
+		_ = fs.SetAnnotation(f.key, groupAnnotation, []string{string(f.group)})
+	}
+	if fs.Lookup("config") == nil {
+		fs.String("config", "", "config file (YAML or TOML) with the same keys as the flags")
+	}
+}
+
+// registered returns the groups whose flags are on fs.
+func registered(fs *pflag.FlagSet) []Group {
+	var out []Group
+	fs.VisitAll(func(f *pflag.Flag) {
+		if g := f.Annotations[groupAnnotation]; len(g) == 1 && !slices.Contains(out, Group(g[0])) {
+			out = append(out, Group(g[0]))
+		}
+	})
+	return out
 }
 
 // Load builds the Config from defaults, the --config file, HACONFD_*
 // environment variables (from environ) and the flags set on fs, in that
-// order of precedence, then validates it. Every problem is returned,
-// joined, each as one line naming the setting.
+// order of precedence, for the groups registered on fs, then validates
+// those groups. Keys of the file that belong to other groups are read
+// and ignored (one file may serve several commands); a key of no group is
+// an error. Every problem is returned, joined, each as one line naming
+// the setting.
 func Load(fs *pflag.FlagSet, environ []string) (Config, error) {
+	groups := registered(fs)
+	all := fields()
 	v := viper.New()
 	d := Defaults()
 	dv := reflect.ValueOf(d)
-	for i := 0; i < dv.NumField(); i++ {
-		name := dv.Type().Field(i).Tag.Get("mapstructure")
-		if name != "-" {
-			v.SetDefault(name, dv.Field(i).Interface())
+	for _, f := range all {
+		def := dv.FieldByIndex(f.index).Interface()
+		// A command may change a default (check's --listen): the flag's
+		// value when it was not set is that default.
+		if fl := fs.Lookup(f.key); fl != nil && !fl.Changed && slices.Contains(groups, f.group) {
+			if val, err := flagValue(fs, f.key); err == nil {
+				def = val
+			}
 		}
+		v.SetDefault(f.key, def)
 	}
 	env := envMap(environ)
 	path := env[EnvPrefix+"_CONFIG"]
@@ -243,36 +406,34 @@ func Load(fs *pflag.FlagSet, environ []string) (Config, error) {
 			return Config{}, fmt.Errorf("--config %s: %w", path, oneLine(err))
 		}
 	}
-	// Environment: only the variables that name a known setting.
-	known := map[string]bool{}
-	for i := 0; i < dv.NumField(); i++ {
-		name := dv.Type().Field(i).Tag.Get("mapstructure")
-		if name == "-" {
+	// Environment: only the variables of the registered groups.
+	for _, f := range all {
+		if !slices.Contains(groups, f.group) {
 			continue
 		}
-		known[name] = true
-		key := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		key := EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(f.key, "-", "_"))
 		if val, ok := env[key]; ok {
-			parsed, err := parseEnv(dv.Field(i).Interface(), val)
+			parsed, err := parseEnv(dv.FieldByIndex(f.index).Interface(), val)
 			if err != nil {
 				return Config{}, fmt.Errorf("%s: %w", key, err)
 			}
-			v.Set(name, parsed)
+			v.Set(f.key, parsed)
 		}
 	}
 	// Flags last: they win over the file and the environment.
 	var flagErrs []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if !known[f.Name] || !f.Changed {
-			return // not a setting of Config (e.g. render's --diff)
+	for _, f := range all {
+		fl := fs.Lookup(f.key)
+		if fl == nil || !fl.Changed || !slices.Contains(groups, f.group) {
+			continue
 		}
-		val, err := flagValue(fs, f.Name)
+		val, err := flagValue(fs, f.key)
 		if err != nil {
-			flagErrs = append(flagErrs, fmt.Errorf("--%s: %w", f.Name, err))
-			return
+			flagErrs = append(flagErrs, fmt.Errorf("--%s: %w", f.key, err))
+			continue
 		}
-		v.Set(f.Name, val)
-	})
+		v.Set(f.key, val)
+	}
 	if len(flagErrs) > 0 {
 		return Config{}, errors.Join(flagErrs...)
 	}
@@ -288,6 +449,7 @@ func Load(fs *pflag.FlagSet, environ []string) (Config, error) {
 		c.Vars = map[string]string{}
 	}
 	c.ConfigFile = path
+	c.Groups = groups
 	if c.StateFile == "" && c.Output != "" {
 		c.StateFile = c.Output + ".state"
 	}
@@ -415,165 +577,286 @@ func parseDur(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// Validate checks every setting and returns all problems joined, each one
-// line naming the setting.
+// problems collects one line per wrong setting.
+type problems []error
+
+func (p *problems) bad(flag, format string, a ...any) {
+	*p = append(*p, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+}
+
+// Validate checks the settings of the registered groups (all groups when
+// none is registered) and returns every problem, joined, one line each:
+// first each group's own rules (no disk access), then the files and
+// directories they name (Files).
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(flag, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+	var p problems
+	has := func(g Group) bool { return len(c.Groups) == 0 || slices.Contains(c.Groups, g) }
+	if has(GroupEtcd) && !(has(GroupEmbedded) && c.EmbeddedEtcd != "") {
+		c.Etcd.validate(&p)
+	} else if has(GroupEtcd) {
+		c.Etcd.validateAuth(&p)
 	}
-	if c.EmbeddedEtcd == "" {
-		if len(c.EtcdEndpoints) == 0 {
-			bad("etcd-endpoints", "at least one endpoint is needed")
-		}
-		for _, e := range c.EtcdEndpoints {
-			if err := checkURL(e); err != nil {
-				bad("etcd-endpoints", "%q: %v", e, err)
-			}
-		}
-	} else if err := checkURL(c.EmbeddedEtcdURL); err != nil {
-		bad("embedded-etcd-url", "%q: %v", c.EmbeddedEtcdURL, err)
-	}
-	if c.EtcdDialTimeout <= 0 {
-		bad("etcd-dial-timeout", "must be positive, got %s", c.EtcdDialTimeout)
-	}
-	if (c.EtcdUsername == "") != (c.EtcdPassword == "") {
-		bad("etcd-username", "--etcd-username and --etcd-password go together")
-	}
-	if (c.EtcdCert == "") != (c.EtcdKey == "") {
-		bad("etcd-cert", "--etcd-cert and --etcd-key go together")
-	}
-	if c.Confdir != "" {
-		if st, err := os.Stat(filepath.Join(c.Confdir, "conf.d")); err != nil || !st.IsDir() {
-			bad("confdir", "%s has no conf.d directory", c.Confdir)
+	if has(GroupEmbedded) && c.EmbeddedEtcd != "" {
+		if err := checkURL(c.EmbeddedEtcdURL); err != nil {
+			p.bad("embedded-etcd-url", "%q: %v", c.EmbeddedEtcdURL, err)
 		}
 	}
-	for flag, p := range map[string]string{"etcd-ca": c.EtcdCA, "etcd-cert": c.EtcdCert, "etcd-key": c.EtcdKey, "template": c.Template, "base": c.Base} {
-		if p == "" {
-			continue
-		}
-		if err := readable(p); err != nil {
-			bad(flag, "%v", err)
-		}
+	if has(GroupWatch) {
+		c.Watch.validate(&p)
 	}
-	if len(c.Prefixes) == 0 {
-		bad("prefix", "at least one prefix is needed")
+	if has(GroupRender) {
+		c.Render.validate(&p)
 	}
-	for _, p := range c.Prefixes {
-		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, " \t\r\n") || (len(p) > 1 && strings.HasSuffix(p, "/")) {
-			bad("prefix", "%q must start with / and have no trailing / or spaces", p)
-		}
+	if has(GroupHAProxy) {
+		c.HAProxy.validate(&p)
 	}
-	if c.Bind == "" {
-		bad("bind", "must not be empty")
-	} else if _, port, err := net.SplitHostPort(c.Bind); err != nil {
-		bad("bind", "%q is not host:port", c.Bind)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		bad("bind", "%q: port must be 1-65535", c.Bind)
+	if has(GroupLoop) {
+		c.Loop.validate(&p)
 	}
-	if c.WriterBind != "" {
-		if _, port, err := net.SplitHostPort(c.WriterBind); err != nil {
-			bad("writer-bind", "%q is not host:port", c.WriterBind)
-		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			bad("writer-bind", "%q: port must be 1-65535", c.WriterBind)
+	if has(GroupServe) && c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			p.bad("listen", "%q is not host:port", c.Listen)
 		}
 	}
-	if c.CheckPort != "none" {
-		if n, err := strconv.Atoi(c.CheckPort); err != nil || n < 1 || n > 65535 {
-			bad("check-port", "%q must be a port 1-65535 or \"none\"", c.CheckPort)
+	if has(GroupFleet) {
+		c.Fleet.validate(&p, c.Prefixes)
+	}
+	if has(GroupLog) {
+		c.Log.validate(&p)
+	}
+	if has(GroupNode) {
+		c.Node.validate(&p)
+		if has(GroupWatch) && len(c.Prefixes) != 1 {
+			p.bad("prefix", "a node registers under one prefix, got %d", len(c.Prefixes))
 		}
 	}
-	for k, v := range c.Vars {
+	if has(GroupMySQL) && c.QueryTimeout <= 0 {
+		p.bad("query-timeout", "must be positive, got %s", c.QueryTimeout)
+	}
+	if has(GroupCheck) && c.MySQLDSN == "" {
+		p.bad("mysql-dsn", "required: the MySQL to check")
+	}
+	p = append(p, c.files()...)
+	return errors.Join(p...)
+}
+
+func (e *Etcd) validate(p *problems) {
+	if len(e.EtcdEndpoints) == 0 {
+		p.bad("etcd-endpoints", "at least one endpoint is needed")
+	}
+	for _, ep := range e.EtcdEndpoints {
+		if err := checkURL(ep); err != nil {
+			p.bad("etcd-endpoints", "%q: %v", ep, err)
+		}
+	}
+	e.validateAuth(p)
+}
+
+func (e *Etcd) validateAuth(p *problems) {
+	if e.EtcdDialTimeout <= 0 {
+		p.bad("etcd-dial-timeout", "must be positive, got %s", e.EtcdDialTimeout)
+	}
+	if (e.EtcdUsername == "") != (e.EtcdPassword == "") {
+		p.bad("etcd-username", "--etcd-username and --etcd-password go together")
+	}
+	if (e.EtcdCert == "") != (e.EtcdKey == "") {
+		p.bad("etcd-cert", "--etcd-cert and --etcd-key go together")
+	}
+}
+
+func (w *Watch) validate(p *problems) {
+	if len(w.Prefixes) == 0 {
+		p.bad("prefix", "at least one prefix is needed")
+	}
+	for _, pr := range w.Prefixes {
+		if !strings.HasPrefix(pr, "/") || strings.ContainsAny(pr, " \t\r\n") || (len(pr) > 1 && strings.HasSuffix(pr, "/")) {
+			p.bad("prefix", "%q must start with / and have no trailing / or spaces", pr)
+		}
+	}
+}
+
+func (r *Render) validate(p *problems) {
+	if r.Bind == "" {
+		p.bad("bind", "must not be empty")
+	} else if err := checkHostPort(r.Bind); err != nil {
+		p.bad("bind", "%q: %v", r.Bind, err)
+	}
+	if r.WriterBind != "" {
+		if err := checkHostPort(r.WriterBind); err != nil {
+			p.bad("writer-bind", "%q: %v", r.WriterBind, err)
+		}
+	}
+	if r.CheckPort != "none" {
+		if n, err := strconv.Atoi(r.CheckPort); err != nil || n < 1 || n > 65535 {
+			p.bad("check-port", "%q must be a port 1-65535 or \"none\"", r.CheckPort)
+		}
+	}
+	for k, v := range r.Vars {
 		if k == "" || strings.ContainsAny(k+v, "\r\n") {
-			bad("var", "%q=%q: keys must be non-empty and values single-line", k, v)
+			p.bad("var", "%q=%q: keys must be non-empty and values single-line", k, v)
 		}
 	}
-	if c.Output == "" {
-		bad("output", "must not be empty")
-	} else if !c.DryRun {
-		if st, err := os.Stat(filepath.Dir(c.Output)); err != nil || !st.IsDir() {
-			bad("output", "directory %s does not exist", filepath.Dir(c.Output))
-		}
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("not host:port")
 	}
-	if c.PIDFile == "" && c.ReloadCmd == "" {
-		bad("pidfile", "must not be empty")
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return errors.New("port must be 1-65535")
 	}
-	if len(c.RuntimeSocket) > 107 {
-		bad("runtime-socket", "path is %d bytes; unix socket paths are limited to 107", len(c.RuntimeSocket))
+	return nil
+}
+
+func (h *HAProxy) validate(p *problems) {
+	if h.Output == "" {
+		p.bad("output", "must not be empty")
 	}
-	switch c.Apply {
+	if h.PIDFile == "" && h.ReloadCmd == "" {
+		p.bad("pidfile", "must not be empty")
+	}
+	if len(h.RuntimeSocket) > MaxSocketPath {
+		p.bad("runtime-socket", "path is %d bytes; unix socket paths are limited to %d", len(h.RuntimeSocket), MaxSocketPath)
+	}
+	switch h.Apply {
 	case ApplyAuto, ApplyRuntime, ApplyReload:
 	default:
-		bad("apply", "%q must be auto, runtime or reload", c.Apply)
+		p.bad("apply", "%q must be auto, runtime or reload", h.Apply)
 	}
-	if c.DrainTimeout < 0 {
-		bad("drain-timeout", "must not be negative")
+	if h.DrainTimeout < 0 {
+		p.bad("drain-timeout", "must not be negative")
 	}
-	if c.Resync < 0 {
-		bad("resync", "must not be negative (0 turns the periodic comparison off)")
+	if h.Resync < 0 {
+		p.bad("resync", "must not be negative (0 turns the periodic comparison off)")
 	}
-	if c.Supervise {
-		if c.ReloadCmd != "" {
-			bad("supervise", "--supervise and --reload-cmd exclude each other: haconfd either runs HAProxy or asks someone else to reload it")
+	if h.Supervise {
+		if h.ReloadCmd != "" {
+			p.bad("supervise", "--supervise and --reload-cmd exclude each other: haconfd either runs HAProxy or asks someone else to reload it")
 		}
-		if c.MasterSocket == "" || len(c.MasterSocket) > 107 {
-			bad("master-socket", "%q must be a unix socket path of at most 107 bytes", c.MasterSocket)
+		if h.MasterSocket == "" || len(h.MasterSocket) > MaxSocketPath {
+			p.bad("master-socket", "%q must be a unix socket path of at most %d bytes", h.MasterSocket, MaxSocketPath)
 		}
 	}
-	if c.Settle < 0 {
-		bad("settle", "must not be negative")
+	if h.Settle < 0 {
+		p.bad("settle", "must not be negative")
 	}
-	if min, max, err := ParseWait(c.Wait); err != nil {
-		bad("wait", "%v", err)
+}
+
+func (l *Loop) validate(p *problems) {
+	if min, max, err := ParseWait(l.Wait); err != nil {
+		p.bad("wait", "%v", err)
 	} else {
-		c.WaitMin, c.WaitMax = min, max
+		l.WaitMin, l.WaitMax = min, max
 	}
-	if c.MaxRemove <= 0 || c.MaxRemove > 1 {
-		bad("max-remove", "must be a share above 0 and at most 1, got %g", c.MaxRemove)
+	if l.MaxRemove <= 0 || l.MaxRemove > 1 {
+		p.bad("max-remove", "must be a share above 0 and at most 1, got %g", l.MaxRemove)
 	}
-	if c.GuardHold < 0 {
-		bad("guard-hold", "must not be negative")
+	if l.GuardHold < 0 {
+		p.bad("guard-hold", "must not be negative")
 	}
-	if c.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-			bad("listen", "%q is not host:port", c.Listen)
+	if l.MinServers < 0 {
+		p.bad("min-servers", "must not be negative, got %d", l.MinServers)
+	}
+}
+
+func (f *Fleet) validate(p *problems, prefixes []string) {
+	if f.Instance != "" {
+		if err := fleet.CheckInstance(f.Instance); err != nil {
+			p.bad("instance", "%v", err)
 		}
 	}
-	if c.Instance != "" {
-		if err := fleet.CheckInstance(c.Instance); err != nil {
-			bad("instance", "%v", err)
+	if f.StatusPrefix != "" {
+		if err := fleet.CheckPrefix(f.StatusPrefix); err != nil {
+			p.bad("status-prefix", "%v", err)
 		}
-	}
-	if c.StatusPrefix != "" {
-		if err := fleet.CheckPrefix(c.StatusPrefix); err != nil {
-			bad("status-prefix", "%v", err)
-		}
-		for _, p := range c.Prefixes {
-			if fleet.Overlaps(c.StatusPrefix, p) {
-				bad("status-prefix", "%q overlaps the watched --prefix %q: every status update would trigger a render", c.StatusPrefix, p)
+		for _, pr := range prefixes {
+			if fleet.Overlaps(f.StatusPrefix, pr) {
+				p.bad("status-prefix", "%q overlaps the watched --prefix %q: every status update would trigger a render", f.StatusPrefix, pr)
 			}
 		}
 	}
-	if c.StatusTTL < time.Second {
-		bad("status-ttl", "must be at least 1s (etcd leases count whole seconds), got %s", c.StatusTTL)
+	if f.StatusTTL < time.Second {
+		p.bad("status-ttl", "must be at least 1s (etcd leases count whole seconds), got %s", f.StatusTTL)
 	}
-	if c.MaxConcurrentReloads < 0 {
-		bad("max-concurrent-reloads", "must not be negative (0 turns coordination off), got %d", c.MaxConcurrentReloads)
+	if f.MaxConcurrentReloads < 0 {
+		p.bad("max-concurrent-reloads", "must not be negative (0 turns coordination off), got %d", f.MaxConcurrentReloads)
 	}
-	if c.MinServers < 0 {
-		bad("min-servers", "must not be negative, got %d", c.MinServers)
-	}
-	switch c.LogFormat {
+}
+
+func (l *Log) validate(p *problems) {
+	switch l.LogFormat {
 	case "text", "json":
 	default:
-		bad("log-format", "%q must be text or json", c.LogFormat)
+		p.bad("log-format", "%q must be text or json", l.LogFormat)
 	}
-	switch strings.ToLower(c.LogLevel) {
+	switch strings.ToLower(l.LogLevel) {
 	case "debug", "info", "warn", "warning", "error":
 	default:
-		bad("log-level", "%q must be debug, info, warn or error", c.LogLevel)
+		p.bad("log-level", "%q must be debug, info, warn or error", l.LogLevel)
 	}
-	return errors.Join(errs...)
+}
+
+func (n *Node) validate(p *problems) {
+	if n.NodeID == "" {
+		p.bad("id", "must not be empty (the host name is unknown: set --id)")
+	}
+	if n.IP == "" {
+		p.bad("ip", "required: the address clients reach this node's MySQL on")
+	}
+	if n.Port < 1 || n.Port > 65535 {
+		p.bad("port", "%d: not 1-65535", n.Port)
+	}
+	if _, err := node.ParseLayout(n.Layout); err != nil {
+		p.bad("layout", "%q: want dir or json", n.Layout)
+	}
+	if n.TTL < time.Second {
+		p.bad("ttl", "must be at least 1s (etcd leases count whole seconds), got %s", n.TTL)
+	}
+	if n.StatePoll <= 0 {
+		p.bad("state-poll", "must be positive, got %s", n.StatePoll)
+	}
+}
+
+// files checks the files and directories the registered groups name: the
+// part of validation that looks at the disk.
+func (c *Config) files() []error {
+	var p problems
+	has := func(g Group) bool { return len(c.Groups) == 0 || slices.Contains(c.Groups, g) }
+	named := map[string]string{}
+	if has(GroupEtcd) {
+		named["etcd-ca"], named["etcd-cert"], named["etcd-key"] = c.EtcdCA, c.EtcdCert, c.EtcdKey
+	}
+	if has(GroupRender) {
+		named["template"], named["base"] = c.Template, c.Base
+	}
+	for _, flag := range sortedKeys(named) {
+		if path := named[flag]; path != "" {
+			if err := readable(path); err != nil {
+				p.bad(flag, "%v", err)
+			}
+		}
+	}
+	if has(GroupWatch) && c.Confdir != "" {
+		if st, err := os.Stat(filepath.Join(c.Confdir, "conf.d")); err != nil || !st.IsDir() {
+			p.bad("confdir", "%s has no conf.d directory", c.Confdir)
+		}
+	}
+	if has(GroupHAProxy) && c.Output != "" && !(has(GroupLoop) && c.DryRun) {
+		if st, err := os.Stat(filepath.Dir(c.Output)); err != nil || !st.IsDir() {
+			p.bad("output", "directory %s does not exist", filepath.Dir(c.Output))
+		}
+	}
+	return p
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func checkURL(s string) error {

@@ -1,8 +1,10 @@
-package etcdserver
+package etcdserver_test
 
 import (
 	"context"
 	"errors"
+	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,17 +18,17 @@ import (
 )
 
 func TestTLSRequiresClientCert(t *testing.T) {
-	pki := NewTestPKI(t, "")
-	other := NewTestPKI(t, "")
+	pki := etcdtest.NewTestPKI(t, "")
+	other := etcdtest.NewTestPKI(t, "")
 	for _, f := range []string{pki.CAFile, pki.ServerCertFile, pki.ServerKeyFile, pki.ClientCertFile, pki.ClientKeyFile} {
 		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("PKI file: %v", err)
+			t.Fatalf("etcdserver.PKI file: %v", err)
 		}
 	}
 	if fi, err := os.Stat(pki.ClientKeyFile); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("client key mode = %v (%v), want 0600", fi.Mode().Perm(), err)
 	}
-	s := StartForTestWith(t, Options{TLS: &pki})
+	s := etcdtest.StartWith(t, etcdserver.Options{TLS: &pki})
 	ep := s.Endpoints()[0]
 	if !strings.HasPrefix(ep, "https://127.0.0.1:") {
 		t.Fatalf("endpoint %s, want https://127.0.0.1:PORT", ep)
@@ -72,15 +74,15 @@ func TestTLSRequiresClientCert(t *testing.T) {
 
 func TestAuth(t *testing.T) {
 	dir := t.TempDir()
-	auth := &Auth{RootPassword: "r00t-secret", Users: []User{{Name: "reader", Password: "reader-secret", ReadPrefix: "/p"}}}
+	auth := &etcdserver.Auth{RootPassword: "r00t-secret", Users: []etcdserver.User{{Name: "reader", Password: "reader-secret", ReadPrefix: "/p"}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := Start(ctx, Options{Dir: dir, Auth: auth})
+	s, err := etcdserver.Start(ctx, etcdserver.Options{Dir: dir, Auth: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
 	url := s.Endpoints()[0]
-	check := func(t *testing.T, s *Server) {
+	check := func(t *testing.T, s *etcdserver.Server) {
 		root, err := s.Client()
 		if err != nil {
 			t.Fatal(err)
@@ -116,7 +118,7 @@ func TestAuth(t *testing.T) {
 			}
 			t.Fatalf("client with a wrong password: %v, want %v", err, rpctypes.ErrAuthFailed)
 		}
-		anon, err := newClient([]string{url}, nil)
+		anon, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +130,7 @@ func TestAuth(t *testing.T) {
 	t.Run("first start", func(t *testing.T) { check(t, s) })
 	s.Close()
 	// Restarted on the same directory: auth is already on and stays.
-	s2, err := Start(ctx, Options{Dir: dir, ClientURL: url, Auth: auth})
+	s2, err := etcdserver.Start(ctx, etcdserver.Options{Dir: dir, ClientURL: url, Auth: auth})
 	if err != nil {
 		t.Fatalf("restart with auth on: %v", err)
 	}
@@ -137,26 +139,26 @@ func TestAuth(t *testing.T) {
 }
 
 func TestSecurityBadOptions(t *testing.T) {
-	pki := PKI{CAFile: "ca", ServerCertFile: "c", ServerKeyFile: "k"}
+	pki := etcdserver.PKI{CAFile: "ca", ServerCertFile: "c", ServerKeyFile: "k"}
 	tests := []struct {
 		name string
-		opts Options
+		opts etcdserver.Options
 		want string
 	}{
-		{"TLS with http URL", Options{ClientURL: "http://127.0.0.1:1", TLS: &pki}, "scheme must be https"},
-		{"https without TLS", Options{ClientURL: "https://127.0.0.1:1"}, "scheme must be http"},
-		{"TLS without CA", Options{TLS: &PKI{ServerCertFile: "c", ServerKeyFile: "k"}}, "etcd TLS CA"},
-		{"auth without root password", Options{Auth: &Auth{}}, "root password"},
-		{"user named root", Options{Auth: &Auth{RootPassword: "x", Users: []User{{Name: "root", Password: "p", ReadPrefix: "/"}}}}, "name must be set"},
-		{"user without password", Options{Auth: &Auth{RootPassword: "x", Users: []User{{Name: "u", ReadPrefix: "/"}}}}, "password must not be empty"},
-		{"user without prefix", Options{Auth: &Auth{RootPassword: "x", Users: []User{{Name: "u", Password: "p"}}}}, "read prefix"},
+		{"TLS with http URL", etcdserver.Options{ClientURL: "http://127.0.0.1:1", TLS: &pki}, "scheme must be https"},
+		{"https without TLS", etcdserver.Options{ClientURL: "https://127.0.0.1:1"}, "scheme must be http"},
+		{"TLS without CA", etcdserver.Options{TLS: &etcdserver.PKI{ServerCertFile: "c", ServerKeyFile: "k"}}, "etcd TLS CA"},
+		{"auth without root password", etcdserver.Options{Auth: &etcdserver.Auth{}}, "root password"},
+		{"user named root", etcdserver.Options{Auth: &etcdserver.Auth{RootPassword: "x", Users: []etcdserver.User{{Name: "root", Password: "p", ReadPrefix: "/"}}}}, "name must be set"},
+		{"user without password", etcdserver.Options{Auth: &etcdserver.Auth{RootPassword: "x", Users: []etcdserver.User{{Name: "u", ReadPrefix: "/"}}}}, "password must not be empty"},
+		{"user without prefix", etcdserver.Options{Auth: &etcdserver.Auth{RootPassword: "x", Users: []etcdserver.User{{Name: "u", Password: "p"}}}}, "read prefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.Dir = filepath.Join(t.TempDir(), "d")
-			_, err := Start(context.Background(), tt.opts)
-			if !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Start error = %v, want ErrInvalidOptions containing %q", err, tt.want)
+			_, err := etcdserver.Start(context.Background(), tt.opts)
+			if !errors.Is(err, etcdserver.ErrInvalidOptions) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("etcdserver.Start error = %v, want etcdserver.ErrInvalidOptions containing %q", err, tt.want)
 			}
 		})
 	}

@@ -30,6 +30,17 @@ var ErrNotReady = errors.New("etcd server not ready")
 // the context given to Start has no earlier deadline.
 const startTimeout = 60 * time.Second
 
+// PKI names the PEM files of a certificate authority: a CA, a server
+// certificate for 127.0.0.1, ::1 and localhost, and a client certificate,
+// both signed by the CA (internal/etcdtest makes throwaway ones).
+type PKI struct {
+	CAFile         string
+	ServerCertFile string
+	ServerKeyFile  string
+	ClientCertFile string
+	ClientKeyFile  string
+}
+
 // Options configures an in-process etcd member.
 type Options struct {
 	// Dir is the data directory (required). An existing directory is
@@ -70,17 +81,21 @@ type User struct {
 // RootUser is the name of etcd's administrator user.
 const RootUser = "root"
 
-// memberConfig holds settings only used inside this package: cluster
-// membership for StartCluster and durability trade-offs for tests.
-type memberConfig struct {
-	name           string
-	peerURL        string // empty: a free port on 127.0.0.1
-	initialCluster string // empty: this member alone
-	existing       bool   // join as ClusterStateFlagExisting
-	noFsync        bool
-	tickMs         uint
-	electionMs     uint
+// Member holds what only a cluster of members (tests, chaos runs) sets:
+// membership and durability trade-offs. The zero Member is a single
+// member that fsyncs, as --embedded-etcd runs.
+type Member struct {
+	Name           string
+	PeerURL        string // empty: a free port on 127.0.0.1
+	InitialCluster string // empty: this member alone
+	Existing       bool   // join as ClusterStateFlagExisting
+	NoFsync        bool
+	TickMs         uint
+	ElectionMs     uint
 }
+
+// memberConfig is Member inside this package.
+type memberConfig = Member
 
 // Server is a running in-process etcd member.
 type Server struct {
@@ -100,6 +115,14 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return start(ctx, opts, memberConfig{})
 }
 
+// StartMember is Start for a member of a cluster, or with fsync off.
+func StartMember(ctx context.Context, opts Options, m Member) (*Server, error) {
+	return start(ctx, opts, m)
+}
+
+// FreeURL is http://127.0.0.1:<a port the kernel just handed out>.
+func FreeURL() (string, error) { return freeURL() }
+
 func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) {
 	if strings.TrimSpace(opts.Dir) == "" {
 		return nil, fmt.Errorf("etcd data dir: %w: must not be empty", ErrInvalidOptions)
@@ -112,9 +135,9 @@ func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) 
 			return nil, fmt.Errorf("etcd client URL %q: %w: %w", opts.ClientURL, ErrInvalidOptions, err)
 		}
 	}
-	if mc.peerURL != "" {
-		if _, err := parseListenURL(mc.peerURL, "http"); err != nil {
-			return nil, fmt.Errorf("etcd peer URL %q: %w: %w", mc.peerURL, ErrInvalidOptions, err)
+	if mc.PeerURL != "" {
+		if _, err := parseListenURL(mc.PeerURL, "http"); err != nil {
+			return nil, fmt.Errorf("etcd peer URL %q: %w: %w", mc.PeerURL, ErrInvalidOptions, err)
 		}
 	}
 	// A port picked by listening on :0 and closing again may be taken by
@@ -126,7 +149,7 @@ func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) 
 			return s, nil
 		}
 		lastErr = err
-		pickedPorts := opts.ClientURL == "" || mc.peerURL == ""
+		pickedPorts := opts.ClientURL == "" || mc.PeerURL == ""
 		if !pickedPorts || !errors.Is(err, syscall.EADDRINUSE) || ctx.Err() != nil {
 			break
 		}
@@ -143,7 +166,7 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 		}
 		clientURL = clientScheme(opts) + strings.TrimPrefix(u, "http")
 	}
-	peerURL := mc.peerURL
+	peerURL := mc.PeerURL
 	if peerURL == "" {
 		u, err := freeURL()
 		if err != nil {
@@ -162,27 +185,27 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 
 	cfg := embed.NewConfig()
 	cfg.Name = "haconfd"
-	if mc.name != "" {
-		cfg.Name = mc.name
+	if mc.Name != "" {
+		cfg.Name = mc.Name
 	}
 	cfg.Dir = opts.Dir
 	cfg.ListenClientUrls = []url.URL{*cu}
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
 	cfg.ListenPeerUrls = []url.URL{*pu}
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
-	cfg.InitialCluster = mc.initialCluster
+	cfg.InitialCluster = mc.InitialCluster
 	if cfg.InitialCluster == "" {
 		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	}
 	cfg.InitialClusterToken = "haconfd"
-	if mc.existing {
+	if mc.Existing {
 		cfg.ClusterState = embed.ClusterStateFlagExisting
 	}
 	// Shorter than etcd's 100ms/1s defaults: a member on this machine
 	// becomes leader (and ready) in tens of milliseconds instead of ~1s.
 	cfg.TickMs, cfg.ElectionMs = 50, 500
-	if mc.tickMs != 0 {
-		cfg.TickMs, cfg.ElectionMs = mc.tickMs, mc.electionMs
+	if mc.TickMs != 0 {
+		cfg.TickMs, cfg.ElectionMs = mc.TickMs, mc.ElectionMs
 	}
 	if opts.TLS != nil {
 		cfg.ClientTLSInfo = transport.TLSInfo{
@@ -192,7 +215,7 @@ func startOnce(ctx context.Context, opts Options, mc memberConfig) (*Server, err
 			ClientCertAuth: true,
 		}
 	}
-	cfg.UnsafeNoFsync = mc.noFsync
+	cfg.UnsafeNoFsync = mc.NoFsync
 	cfg.EnableGRPCGateway = false
 	cfg.LogLevel = "error"
 	if opts.Logger != nil {

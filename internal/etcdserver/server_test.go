@@ -1,9 +1,11 @@
-package etcdserver
+package etcdserver_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 	"log/slog"
 	"strings"
 	"testing"
@@ -17,7 +19,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestStartForTestPutGet(t *testing.T) {
-	s := StartForTest(t)
+	s := etcdtest.Start(t)
 	eps := s.Endpoints()
 	if len(eps) != 1 || !strings.HasPrefix(eps[0], "http://127.0.0.1:") {
 		t.Fatalf("Endpoints() = %v, want one http://127.0.0.1:PORT", eps)
@@ -50,7 +52,7 @@ func TestRestartSameDirAndURL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	s1, err := Start(ctx, Options{Dir: dir, Logger: logger})
+	s1, err := etcdserver.Start(ctx, etcdserver.Options{Dir: dir, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +69,7 @@ func TestRestartSameDirAndURL(t *testing.T) {
 		t.Fatalf("put: %v", err)
 	}
 
-	s2, err := Start(ctx, Options{Dir: dir, ClientURL: url, Logger: logger})
+	s2, err := etcdserver.Start(ctx, etcdserver.Options{Dir: dir, ClientURL: url, Logger: logger})
 	if err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -92,24 +94,24 @@ func TestRestartSameDirAndURL(t *testing.T) {
 func TestStartBadOptions(t *testing.T) {
 	tests := []struct {
 		name string
-		opts Options
+		opts etcdserver.Options
 		want string
 	}{
-		{"no dir", Options{}, "etcd data dir"},
-		{"bad scheme", Options{Dir: "x", ClientURL: "unix:///tmp/x"}, "scheme must be http"},
-		{"hostname", Options{Dir: "x", ClientURL: "http://example.com:2379"}, "not an IP address"},
-		{"no port", Options{Dir: "x", ClientURL: "http://127.0.0.1"}, "want http://IP:PORT"},
-		{"port zero", Options{Dir: "x", ClientURL: "http://127.0.0.1:0"}, "port must be set"},
-		{"path", Options{Dir: "x", ClientURL: "http://127.0.0.1:1/x"}, "no path"},
+		{"no dir", etcdserver.Options{}, "etcd data dir"},
+		{"bad scheme", etcdserver.Options{Dir: "x", ClientURL: "unix:///tmp/x"}, "scheme must be http"},
+		{"hostname", etcdserver.Options{Dir: "x", ClientURL: "http://example.com:2379"}, "not an IP address"},
+		{"no port", etcdserver.Options{Dir: "x", ClientURL: "http://127.0.0.1"}, "want http://IP:PORT"},
+		{"port zero", etcdserver.Options{Dir: "x", ClientURL: "http://127.0.0.1:0"}, "port must be set"},
+		{"path", etcdserver.Options{Dir: "x", ClientURL: "http://127.0.0.1:1/x"}, "no path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Start(context.Background(), tt.opts)
+			_, err := etcdserver.Start(context.Background(), tt.opts)
 			if err == nil {
-				t.Fatal("Start succeeded, want error")
+				t.Fatal("etcdserver.Start succeeded, want error")
 			}
-			if !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Start error = %q, want ErrInvalidOptions containing %q", err, tt.want)
+			if !errors.Is(err, etcdserver.ErrInvalidOptions) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("etcdserver.Start error = %q, want etcdserver.ErrInvalidOptions containing %q", err, tt.want)
 			}
 		})
 	}
@@ -118,67 +120,11 @@ func TestStartBadOptions(t *testing.T) {
 func TestStartContextDone(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := Start(ctx, Options{Dir: t.TempDir()})
+	_, err := etcdserver.Start(ctx, etcdserver.Options{Dir: t.TempDir()})
 	if err == nil {
-		t.Fatal("Start with a canceled context succeeded")
+		t.Fatal("etcdserver.Start with a canceled context succeeded")
 	}
 	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Start error = %v, want context.Canceled", err)
-	}
-}
-
-func TestCluster(t *testing.T) {
-	c := StartCluster(t, 3)
-	if eps := c.Endpoints(); len(eps) != 3 {
-		t.Fatalf("Endpoints() = %v, want 3", eps)
-	}
-	cli, err := c.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if _, err := cli.Put(ctx, "/a", "1"); err != nil {
-		t.Fatalf("put: %v", err)
-	}
-
-	leader, err := c.WaitLeader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Stop(leader)
-	c.Stop(leader) // no-op
-	if c.Member(leader) != nil {
-		t.Fatal("stopped member still listed")
-	}
-	next, err := c.WaitLeader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if next == leader {
-		t.Fatalf("stopped member m%d is still the leader", leader)
-	}
-	// Two of three members keep a quorum.
-	if _, err := cli.Put(ctx, "/a", "2"); err != nil {
-		t.Fatalf("put with one member down: %v", err)
-	}
-	if err := c.RestartStopped(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Restart(ctx, leader); err == nil {
-		t.Fatal("restart of a running member succeeded")
-	}
-	mcli, err := c.Member(leader).Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mcli.Close()
-	resp, err := mcli.Get(ctx, "/a")
-	if err != nil {
-		t.Fatalf("get from restarted member: %v", err)
-	}
-	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "2" {
-		t.Fatalf("restarted member has /a = %v, want 2", resp.Kvs)
+		t.Fatalf("etcdserver.Start error = %v, want context.Canceled", err)
 	}
 }

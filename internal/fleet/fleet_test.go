@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 )
 
 func TestMain(m *testing.M) {
@@ -79,7 +80,7 @@ func getStatus(t *testing.T, cli *clientv3.Client, key string) (Status, int64, b
 }
 
 func TestFleetPublisherLifecycle(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	p, stop := startPublisher(t, cli, "lb1", 2*time.Second)
 
@@ -105,7 +106,7 @@ func TestFleetPublisherLifecycle(t *testing.T) {
 
 // An instance that stops without a clean exit is gone after its TTL.
 func TestFleetReadAllGone(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	dying := newClient(t, srv)
 	_, _ = startPublisher(t, dying, "lb9", time.Second)
@@ -119,7 +120,7 @@ func TestFleetReadAllGone(t *testing.T) {
 }
 
 func TestFleetReadAllStates(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	ctx := t.Context()
 	put := func(k, v string) int64 {
@@ -184,7 +185,7 @@ func TestFleetReadAllStates(t *testing.T) {
 // its outcome; a failure stops the wave for that change until the failed
 // instance succeeds.
 func TestFleetStagger(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	pa, _ := startPublisher(t, newClient(t, srv), "a", 2*time.Second)
 	pb, _ := startPublisher(t, newClient(t, srv), "b", 2*time.Second)
@@ -263,7 +264,7 @@ func TestFleetStagger(t *testing.T) {
 }
 
 func TestFleetBadOptions(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv)
 	for _, tc := range []struct {
 		name string

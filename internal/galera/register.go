@@ -484,5 +484,3 @@ func publishedState(st Status, lastIndex int) nodeState {
 	}
 	return s
 }
-
-

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/etcdtest"
 	"github.com/haconfd/haconfd/render/node"
 )
 
@@ -157,7 +158,7 @@ func dirKeys(id, ip string) map[string]string {
 }
 
 func TestRegisterLayouts(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	tests := []struct {
 		name   string
@@ -194,7 +195,7 @@ func TestRegisterLayouts(t *testing.T) {
 
 // TestRegisterLost: the registration comes back after each way of losing it.
 func TestRegisterLost(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	start(t, cli, dirOpts("db1", "10.0.0.1"))
 	want := dirKeys("db1", "10.0.0.1")
@@ -242,7 +243,7 @@ func TestRegisterEtcdRestart(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			srv := etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir})
+			srv := etcdtest.StartWith(t, etcdserver.Options{Dir: dir})
 			url := srv.Endpoints()[0]
 			cli := newClient(t, srv.Endpoints())
 			opts := dirOpts("db1", "10.0.0.1")
@@ -258,7 +259,7 @@ func TestRegisterEtcdRestart(t *testing.T) {
 			if !tt.keepData {
 				dir = t.TempDir()
 			}
-			etcdserver.StartForTestWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
+			etcdtest.StartWith(t, etcdserver.Options{Dir: dir, ClientURL: url})
 			restarted := time.Now()
 			var lease int64
 			waitFor(t, "registration after restart", func() (ok bool, got string) {
@@ -281,7 +282,7 @@ func TestRegisterEtcdRestart(t *testing.T) {
 // TestRegisterStopOnlyOwnKeys: stopping one node leaves every other key
 // under the prefix alone, and revokes the lease.
 func TestRegisterStopOnlyOwnKeys(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -326,7 +327,7 @@ func TestRegisterStopOnlyOwnKeys(t *testing.T) {
 // TestRegisterStopSparesNewerOwner: a key of ours that someone else has
 // written since (another registrar with the same id) is not deleted.
 func TestRegisterStopSparesNewerOwner(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	rr := start(t, cli, dirOpts("db1", "10.0.0.1"))
 	waitFor(t, "registration", func() (bool, string) {
@@ -352,7 +353,7 @@ func TestRegisterStopSparesNewerOwner(t *testing.T) {
 func TestRegisterState(t *testing.T) {
 	for _, layout := range []Layout{LayoutDir, LayoutJSON} {
 		t.Run(string(layout), func(t *testing.T) {
-			srv := etcdserver.StartForTest(t)
+			srv := etcdtest.Start(t)
 			cli := newClient(t, srv.Endpoints())
 			fake := &fakeStatus{}
 			fake.set(Status{State: 4, Comment: "Synced", Index: 2}, nil)
@@ -405,7 +406,7 @@ func TestRegisterState(t *testing.T) {
 // TestRegisterFirstStateWithRegistration: a node never appears without
 // its state (no state reads as Synced), even when MySQL is down at start.
 func TestRegisterFirstStateWithRegistration(t *testing.T) {
-	srv := etcdserver.StartForTest(t)
+	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	fake := &fakeStatus{}
 	fake.set(Status{}, errors.New("connection refused"))

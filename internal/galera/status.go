@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +64,11 @@ type MySQLReader struct {
 // "user:pass@unix(/run/mysqld/mysqld.sock)/"). timeout bounds dialling,
 // reads and writes on the connection. The error never contains the DSN
 // (it may hold a password).
-func NewMySQLReader(dsn string, timeout time.Duration) (*MySQLReader, error) {
+//
+// The driver's own messages (a broken connection, ...) go to logger, at
+// warn level, so they follow --log-format like every other line; nil
+// discards them.
+func NewMySQLReader(dsn string, timeout time.Duration, logger *slog.Logger) (*MySQLReader, error) {
 	if strings.TrimSpace(dsn) == "" {
 		return nil, fmt.Errorf("%w: empty", ErrInvalidDSN)
 	}
@@ -71,6 +76,10 @@ func NewMySQLReader(dsn string, timeout time.Duration) (*MySQLReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidDSN, err)
 	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Logger = driverLogger{logger.With("component", "mysql")}
 	if timeout > 0 {
 		cfg.Timeout = timeout
 		cfg.ReadTimeout = timeout
@@ -86,6 +95,11 @@ func NewMySQLReader(dsn string, timeout time.Duration) (*MySQLReader, error) {
 	db.SetConnMaxLifetime(time.Minute)
 	return &MySQLReader{db: db}, nil
 }
+
+// driverLogger passes go-sql-driver/mysql's messages to slog.
+type driverLogger struct{ l *slog.Logger }
+
+func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
 
 // Close closes the pool.
 func (m *MySQLReader) Close() error { return m.db.Close() }

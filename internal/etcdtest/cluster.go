@@ -1,9 +1,11 @@
-package etcdserver
+package etcdtest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/etcdserver"
+	"go.uber.org/zap"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -26,9 +28,9 @@ type Cluster struct {
 }
 
 type clusterMember struct {
-	opts Options
-	mc   memberConfig
-	srv  *Server // nil while stopped
+	opts etcdserver.Options
+	mc   etcdserver.Member
+	srv  *etcdserver.Server // nil while stopped
 }
 
 // StartCluster starts an n-member etcd cluster (n >= 1) on 127.0.0.1 with
@@ -43,29 +45,29 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c := &Cluster{}
 	var peers []string
 	for i := range n {
-		cu, err := freeURL()
+		cu, err := etcdserver.FreeURL()
 		if err != nil {
 			t.Fatalf("start etcd cluster: %v", err)
 		}
-		pu, err := freeURL()
+		pu, err := etcdserver.FreeURL()
 		if err != nil {
 			t.Fatalf("start etcd cluster: %v", err)
 		}
 		name := fmt.Sprintf("m%d", i)
 		peers = append(peers, name+"="+pu)
 		c.members = append(c.members, &clusterMember{
-			opts: Options{Dir: filepath.Join(base, name), ClientURL: cu},
-			mc: memberConfig{
-				name: name, peerURL: pu, noFsync: true,
+			opts: etcdserver.Options{Dir: filepath.Join(base, name), ClientURL: cu},
+			mc: etcdserver.Member{
+				Name: name, PeerURL: pu, NoFsync: true,
 				// A longer election timeout than a single member's: a
 				// busy shared machine must not cause needless elections.
-				tickMs: 50, electionMs: 1000,
+				TickMs: 50, ElectionMs: 1000,
 			},
 		})
 	}
 	initial := strings.Join(peers, ",")
 	for _, m := range c.members {
-		m.mc.initialCluster = initial
+		m.mc.InitialCluster = initial
 	}
 	t.Cleanup(c.Close)
 
@@ -76,7 +78,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	var wg sync.WaitGroup
 	for i, m := range c.members {
 		wg.Go(func() {
-			srv, err := start(ctx, m.opts, m.mc)
+			srv, err := etcdserver.StartMember(ctx, m.opts, m.mc)
 			if err != nil {
 				errs[i] = err
 				cancel() // do not wait for the others in vain
@@ -107,11 +109,11 @@ func (c *Cluster) Endpoints() []string {
 
 // Client returns a new client to all members; the caller closes it.
 func (c *Cluster) Client() (*clientv3.Client, error) {
-	return newClient(c.Endpoints(), nil)
+	return clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 }
 
 // Member returns member i, or nil while it is stopped.
-func (c *Cluster) Member(i int) *Server {
+func (c *Cluster) Member(i int) *etcdserver.Server {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.members[i].srv
@@ -166,7 +168,7 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 	if running {
 		return fmt.Errorf("restart etcd member m%d: still running", i)
 	}
-	srv, err := start(ctx, m.opts, m.mc)
+	srv, err := etcdserver.StartMember(ctx, m.opts, m.mc)
 	if err != nil {
 		return fmt.Errorf("restart etcd member m%d: %w", i, err)
 	}

@@ -1,4 +1,4 @@
-package etcdserver
+package etcdtest
 
 import (
 	"crypto/ecdsa"
@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/etcdserver"
 	"math/big"
 	"net"
 	"os"
@@ -16,17 +17,8 @@ import (
 	"time"
 )
 
-// PKI names the PEM files of a throwaway certificate authority: a CA, a
-// server certificate for 127.0.0.1, ::1 and localhost, and a client
-// certificate (common name ClientCN), both signed by the CA. Keys are
-// PKCS#8, mode 0600.
-type PKI struct {
-	CAFile         string
-	ServerCertFile string
-	ServerKeyFile  string
-	ClientCertFile string
-	ClientKeyFile  string
-}
+// PKI is etcdserver.PKI: the PEM files of a throwaway CA.
+type PKI = etcdserver.PKI
 
 // ClientCN is the common name of the client certificate NewPKI makes.
 const ClientCN = "haconfd"
