@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/internal/etcdserver"
