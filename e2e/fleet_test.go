@@ -88,15 +88,15 @@ func killPids(pidfile string) {
 }
 
 // statuses reads what every instance published.
-func (e *env) statuses() map[string]fleet.Status {
+func (e *env) statuses() map[string]fleet.Report {
 	e.t.Helper()
 	resp, err := e.cli.Get(context.Background(), statusPrefix+"/", clientv3.WithPrefix())
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	out := map[string]fleet.Status{}
+	out := map[string]fleet.Report{}
 	for _, kv := range resp.Kvs {
-		var st fleet.Status
+		var st fleet.Report
 		if err := json.Unmarshal(kv.Value, &st); err != nil {
 			e.t.Fatalf("%s: %v", kv.Key, err)
 		}
@@ -106,9 +106,9 @@ func (e *env) statuses() map[string]fleet.Status {
 }
 
 // waitFleet polls the published statuses until cond holds.
-func (e *env) waitFleet(what string, cond func(map[string]fleet.Status) bool) map[string]fleet.Status {
+func (e *env) waitFleet(what string, cond func(map[string]fleet.Report) bool) map[string]fleet.Report {
 	e.t.Helper()
-	var last map[string]fleet.Status
+	var last map[string]fleet.Report
 	if err := testbed.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 		last = e.statuses()
 		return cond(last)
@@ -174,7 +174,7 @@ func (e *env) waitStates(what string, want map[string]fleet.State) map[string]fl
 
 // reloadsSince returns every instance's reloads (action reload) started
 // after t0, finished.
-func reloadsSince(sts map[string]fleet.Status, t0 time.Time) map[string][]fleet.Reload {
+func reloadsSince(sts map[string]fleet.Report, t0 time.Time) map[string][]fleet.Reload {
 	out := map[string][]fleet.Reload{}
 	for name, st := range sts {
 		for _, r := range st.Reloads {
@@ -253,7 +253,7 @@ func TestFleet(t *testing.T) {
 		for i, balance := range []string{"leastconn", "source"} {
 			t0 := time.Now()
 			e.put("/lbtest/balance", balance)
-			sts := e.waitFleet("all reloaded", func(m map[string]fleet.Status) bool {
+			sts := e.waitFleet("all reloaded", func(m map[string]fleet.Report) bool {
 				return len(reloadsSince(m, t0)) == 3
 			})
 			rs := reloadsSince(sts, t0)
@@ -302,9 +302,9 @@ func TestFleet(t *testing.T) {
 		).Commit(); err != nil {
 			t.Fatal(err)
 		}
-		e.waitFleet("lb1 failed", func(m map[string]fleet.Status) bool { return m["lb1"].FailedChange != "" })
+		e.waitFleet("lb1 failed", func(m map[string]fleet.Report) bool { return m["lb1"].FailedChange != "" })
 		resume()
-		sts := e.waitFleet("lb2 and lb3 held: wave stopped", func(m map[string]fleet.Status) bool {
+		sts := e.waitFleet("lb2 and lb3 held: wave stopped", func(m map[string]fleet.Report) bool {
 			return strings.Contains(m["lb2"].Held, "wave stopped: instance lb1") && strings.Contains(m["lb3"].Held, "wave stopped: instance lb1")
 		})
 		timeline(t, "failing change", reloadsSince(sts, t0), t0)
@@ -331,7 +331,7 @@ func TestFleet(t *testing.T) {
 		// The fix is a new change: the wave goes on.
 		t0 = time.Now()
 		e.del("/lbtest/fragile")
-		sts = e.waitFleet("everyone reloaded the fix", func(m map[string]fleet.Status) bool {
+		sts = e.waitFleet("everyone reloaded the fix", func(m map[string]fleet.Report) bool {
 			rs := reloadsSince(m, t0)
 			for _, n := range []string{"lb1", "lb2", "lb3"} {
 				if len(rs[n]) == 0 || !rs[n][len(rs[n])-1].OK {

@@ -36,8 +36,8 @@ const (
 	logEvery = 10
 )
 
-// Status is the state of the connection to etcd.
-type Status struct {
+// ConnState is the state of the connection to etcd.
+type ConnState struct {
 	// Connected is true from a successful full read of the prefixes until
 	// the watch or a read fails.
 	Connected bool
@@ -67,7 +67,7 @@ type Options struct {
 	Logger *slog.Logger
 	// OnStatus, if set, is called from the Run goroutine on each
 	// connect/disconnect transition (and once for the first outcome).
-	OnStatus func(Status)
+	OnStatus func(ConnState)
 	// Diagnose, if set, says why etcd did not answer when a failed
 	// request does not (a refused connection, a TLS handshake or a client
 	// certificate etcd refuses): the reason is logged with the failure.
@@ -79,8 +79,8 @@ type Options struct {
 // key on when end is "\x00", else [key, end).
 type keyRange struct{ key, end string }
 
-// Etcd keeps a snapshot of the configured prefixes current from etcd.
-type Etcd struct {
+// EtcdSource keeps a snapshot of the configured prefixes current from etcd.
+type EtcdSource struct {
 	cli        *clientv3.Client
 	prefixes   []string
 	ranges     []keyRange // what a full read gets
@@ -89,7 +89,7 @@ type Etcd struct {
 	minBackoff time.Duration
 	maxBackoff time.Duration
 	logger     *slog.Logger
-	onStatus   func(Status)
+	onStatus   func(ConnState)
 	diagnose   func(context.Context, error) error
 
 	// Not options: changed by tests only.
@@ -99,16 +99,16 @@ type Etcd struct {
 	hookAfterPage   func(rev int64)
 }
 
-// NewEtcd returns a source reading from cli. It checks opts and fills in
+// NewEtcdSource returns a source reading from cli. It checks opts and fills in
 // defaults; cli stays owned by the caller.
-func NewEtcd(cli *clientv3.Client, opts Options) (*Etcd, error) {
+func NewEtcdSource(cli *clientv3.Client, opts Options) (*EtcdSource, error) {
 	if cli == nil {
 		return nil, fmt.Errorf("etcd client: %w: is nil", ErrInvalidOptions)
 	}
 	if err := checkPrefixes(opts.Prefixes); err != nil {
 		return nil, err
 	}
-	e := &Etcd{
+	e := &EtcdSource{
 		cli:            cli,
 		prefixes:       slices.Clone(opts.Prefixes),
 		pageSize:       opts.PageSize,
@@ -185,7 +185,7 @@ func prefixMatch(p, key string) bool {
 	return key == p || strings.HasPrefix(key, p+"/")
 }
 
-func (e *Etcd) match(key string) bool {
+func (e *EtcdSource) match(key string) bool {
 	for _, p := range e.prefixes {
 		if prefixMatch(p, key) {
 			return true
@@ -235,7 +235,7 @@ func (r keyRange) opts() []clientv3.OpOption {
 // everything again and resumes. It returns nil when ctx is done; etcd
 // being unreachable is not an error, it is retried. Run must not be
 // called again before it returned.
-func (e *Etcd) Run(ctx context.Context, out chan<- Snapshot) error {
+func (e *EtcdSource) Run(ctx context.Context, out chan<- Snapshot) error {
 	if out == nil {
 		return fmt.Errorf("watch run: %w: output channel is nil", ErrInvalidOptions)
 	}
@@ -274,7 +274,7 @@ func (e *Etcd) Run(ctx context.Context, out chan<- Snapshot) error {
 
 // read gets every key of every range at one revision: the first page
 // pins the revision for all the others.
-func (e *Etcd) read(ctx context.Context) (map[string]KV, int64, error) {
+func (e *EtcdSource) read(ctx context.Context) (map[string]KV, int64, error) {
 	state := make(map[string]KV)
 	var rev int64
 	for _, r := range e.ranges {
@@ -285,7 +285,7 @@ func (e *Etcd) read(ctx context.Context) (map[string]KV, int64, error) {
 	return state, rev, nil
 }
 
-func (e *Etcd) readRange(ctx context.Context, r keyRange, rev *int64, state map[string]KV) error {
+func (e *EtcdSource) readRange(ctx context.Context, r keyRange, rev *int64, state map[string]KV) error {
 	key := r.key
 	for {
 		opts := append(r.opts(), clientv3.WithRev(*rev), clientv3.WithLimit(e.pageSize))
@@ -325,7 +325,7 @@ func (e *errCompacted) Unwrap() error { return rpctypes.ErrCompacted }
 
 // watch applies events after rev to state and sends a snapshot after each
 // change, until ctx is done or the watch breaks; it returns why.
-func (e *Etcd) watch(ctx context.Context, rev int64, state map[string]KV, r *runner) error {
+func (e *EtcdSource) watch(ctx context.Context, rev int64, state map[string]KV, r *runner) error {
 	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
 	var wg sync.WaitGroup
 	defer func() {
@@ -407,7 +407,7 @@ func (e *Etcd) watch(ctx context.Context, rev int64, state map[string]KV, r *run
 // to). The probe remains for what the connection state does not show: a
 // member that answers nothing, or a network that drops packets until the
 // keepalive gives up.
-func (e *Etcd) probeLoop(ctx context.Context, cancel context.CancelCauseFunc) {
+func (e *EtcdSource) probeLoop(ctx context.Context, cancel context.CancelCauseFunc) {
 	t := time.NewTicker(e.probeInterval)
 	defer t.Stop()
 	lost := make(chan connectivity.State, 1)
@@ -440,7 +440,7 @@ func (e *Etcd) probeLoop(ctx context.Context, cancel context.CancelCauseFunc) {
 	}
 }
 
-func (e *Etcd) probe(ctx context.Context) error {
+func (e *EtcdSource) probe(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, e.requestTimeout)
 	defer cancel()
 	if _, err := e.cli.Get(pctx, e.prefixes[0], clientv3.WithCountOnly()); err != nil {
@@ -464,10 +464,10 @@ func snapshotOf(state map[string]KV, rev int64) Snapshot {
 
 // runner is the state of one Run: status, backoff and log throttling.
 type runner struct {
-	e        *Etcd
+	e        *EtcdSource
 	out      chan<- Snapshot
 	backoff  time.Duration
-	status   Status
+	status   ConnState
 	reported bool  // OnStatus was called at least once
 	rev      int64 // revision of the last snapshot sent
 	failures int   // consecutive failed reads
@@ -545,14 +545,14 @@ func (r *runner) setStatus(connected bool, err error, rev int64) {
 		return
 	}
 	r.reported = true
-	r.status = Status{Connected: connected, Err: err, Since: time.Now(), Revision: rev}
+	r.status = ConnState{Connected: connected, Err: err, Since: time.Now(), Revision: rev}
 	if r.e.onStatus != nil {
 		r.e.onStatus(r.status)
 	}
 }
 
 // why asks Options.Diagnose about err, unless err is an answer from etcd.
-func (e *Etcd) why(ctx context.Context, err error) error {
+func (e *EtcdSource) why(ctx context.Context, err error) error {
 	var etcdErr rpctypes.EtcdError
 	if e.diagnose == nil || errors.As(err, &etcdErr) || errors.Is(err, rpctypes.ErrCompacted) || ctx.Err() != nil {
 		return nil

@@ -74,7 +74,7 @@ func testLogger(buf *syncBuffer) *slog.Logger {
 }
 
 // run starts e.Run and stops it when the test ends, checking it returns nil.
-func run(t *testing.T, e *Etcd) <-chan Snapshot {
+func run(t *testing.T, e *EtcdSource) <-chan Snapshot {
 	t.Helper()
 	out := make(chan Snapshot)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -132,9 +132,9 @@ func put(t *testing.T, cli *clientv3.Client, kvs ...string) int64 {
 	return rev
 }
 
-func newEtcd(t *testing.T, cli *clientv3.Client, opts Options) *Etcd {
+func newEtcd(t *testing.T, cli *clientv3.Client, opts Options) *EtcdSource {
 	t.Helper()
-	e, err := NewEtcd(cli, opts)
+	e, err := NewEtcdSource(cli, opts)
 	if err != nil {
 		t.Fatalf("NewEtcd: %v", err)
 	}
@@ -385,9 +385,9 @@ func TestCompactedWatchResyncs(t *testing.T) {
 			t.Errorf("compact: %v", err)
 		}
 	}
-	var statuses []Status
+	var statuses []ConnState
 	var mu sync.Mutex
-	e.onStatus = func(s Status) { mu.Lock(); statuses = append(statuses, s); mu.Unlock() }
+	e.onStatus = func(s ConnState) { mu.Lock(); statuses = append(statuses, s); mu.Unlock() }
 	out := run(t, e)
 
 	first := <-out
@@ -467,22 +467,22 @@ func TestPagingIsOneRevision(t *testing.T) {
 // statusRecorder collects OnStatus calls for polling.
 type statusRecorder struct {
 	mu sync.Mutex
-	ss []Status
+	ss []ConnState
 }
 
-func (r *statusRecorder) record(s Status) {
+func (r *statusRecorder) record(s ConnState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ss = append(r.ss, s)
 }
 
-func (r *statusRecorder) waitFor(t *testing.T, connected bool) Status {
+func (r *statusRecorder) waitFor(t *testing.T, connected bool) ConnState {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
 		r.mu.Lock()
 		n := len(r.ss)
-		var last Status
+		var last ConnState
 		if n > 0 {
 			last = r.ss[n-1]
 		}
@@ -493,7 +493,7 @@ func (r *statusRecorder) waitFor(t *testing.T, connected bool) Status {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("no status Connected=%v", connected)
-	return Status{}
+	return ConnState{}
 }
 
 func freeURL(t *testing.T) string {
@@ -660,7 +660,7 @@ func TestNewEtcdOptions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e, err := NewEtcd(tt.cli, tt.opts)
+			e, err := NewEtcdSource(tt.cli, tt.opts)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("NewEtcd: %v", err)

@@ -66,7 +66,7 @@ func (c *collector) waitRev(t *testing.T, rev int64) Snapshot {
 
 // runCollected is run with the snapshots going to a collector; the channel
 // is closed once Run returned, so the collector ends with the test.
-func runCollected(t *testing.T, e *Etcd) *collector {
+func runCollected(t *testing.T, e *EtcdSource) *collector {
 	t.Helper()
 	out := make(chan Snapshot)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -62,7 +62,7 @@ a --config file.`,
 					return &exitError{code: 2, err: fmt.Errorf("--mysql-dsn: %w", err)}
 				}
 				defer reader.Close()
-				opts.Status = reader
+				opts.Wsrep = reader
 			}
 			if _, err := galera.New(nil, opts); err != nil {
 				return &exitError{code: 2, err: err}

@@ -119,7 +119,7 @@ func fleetBench() ([]string, error) {
 			return nil, err
 		}
 		defer cli.Close()
-		w, err := watch.NewEtcd(cli, watch.Options{Prefixes: []string{prefix}})
+		w, err := watch.NewEtcdSource(cli, watch.Options{Prefixes: []string{prefix}})
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +160,7 @@ func fleetBench() ([]string, error) {
 				}
 				prev = out.Config
 				in.rendered.Store(s.Revision)
-				if err := pub.Update(ctx, func(st *fleet.Status) {
+				if err := pub.Update(ctx, func(st *fleet.Report) {
 					st.Prefixes = []string{prefix}
 					st.AppliedRevision, st.SeenRevision = s.Revision, s.Revision
 					st.LastResult, st.Method, st.LastApply = fleet.ResultOK, "runtime", time.Now()

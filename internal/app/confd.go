@@ -188,7 +188,7 @@ func RunConfdDir(ctx context.Context, g confd.Global, cli *clientv3.Client, wait
 	if len(set.Resources) == 0 {
 		return configErr(fmt.Errorf("confdir %s: no template resources in %s", g.ConfDir, g.ConfigDir()))
 	}
-	src, err := watch.NewEtcd(cli, watch.Options{Prefixes: set.WatchPrefixes(), Logger: logger.With("component", "watch")})
+	src, err := watch.NewEtcdSource(cli, watch.Options{Prefixes: set.WatchPrefixes(), Logger: logger.With("component", "watch")})
 	if err != nil {
 		return configErr(err)
 	}

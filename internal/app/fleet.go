@@ -126,7 +126,7 @@ func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
 	// behind without events.
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
-	var last fleet.Status
+	var last fleet.Report
 	var behindSince time.Time
 	first := true
 	for {
@@ -140,7 +140,7 @@ func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
 		g.mu.Lock()
 		waveHeld := g.held
 		g.mu.Unlock()
-		next := fleet.Status{
+		next := fleet.Report{
 			Prefixes:        g.cfg.Prefixes,
 			AppliedRevision: s.Applied,
 			SeenRevision:    s.Revision,
@@ -166,7 +166,7 @@ func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
 		if first || !sameLoopFields(last, next) {
 			first = false
 			last = next
-			if err := g.pub.Update(ctx, func(st *fleet.Status) { copyLoopFields(st, next) }); err != nil && ctx.Err() == nil {
+			if err := g.pub.Update(ctx, func(st *fleet.Report) { copyLoopFields(st, next) }); err != nil && ctx.Err() == nil {
 				g.log.Debug("publish status", "err", err)
 			}
 		}
@@ -192,7 +192,7 @@ func (g *fleetGlue) run(ctx context.Context, board *Board, bus *Bus) {
 	}
 }
 
-func copyLoopFields(st *fleet.Status, n fleet.Status) {
+func copyLoopFields(st *fleet.Report, n fleet.Report) {
 	st.Prefixes = n.Prefixes
 	st.AppliedRevision, st.SeenRevision, st.BehindSince = n.AppliedRevision, n.SeenRevision, n.BehindSince
 	st.ConfigSHA256, st.LastResult, st.LastError, st.Held = n.ConfigSHA256, n.LastResult, n.LastError, n.Held
@@ -200,7 +200,7 @@ func copyLoopFields(st *fleet.Status, n fleet.Status) {
 	st.HAProxyVersion, st.HAProxyPID = n.HAProxyVersion, n.HAProxyPID
 }
 
-func sameLoopFields(a, b fleet.Status) bool {
+func sameLoopFields(a, b fleet.Report) bool {
 	return a.AppliedRevision == b.AppliedRevision && a.SeenRevision == b.SeenRevision && a.BehindSince.Equal(b.BehindSince) &&
 		a.ConfigSHA256 == b.ConfigSHA256 && a.LastResult == b.LastResult && a.LastError == b.LastError && a.Held == b.Held &&
 		a.Method == b.Method && a.LastApply.Equal(b.LastApply) && a.HAProxyVersion == b.HAProxyVersion && a.HAProxyPID == b.HAProxyPID

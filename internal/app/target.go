@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/render"
 	"github.com/haconfd/haconfd/watch"
 )
@@ -50,16 +51,9 @@ type ReloadSlot interface {
 // ErrHeld marks what a guard holds back.
 var ErrHeld = errors.New("held by a guard")
 
-// Apply modes.
-const (
-	ModeAuto    = "auto"    // runtime API for server changes, reload for the rest
-	ModeRuntime = "runtime" // the same, and every reload is logged as a warning
-	ModeReload  = "reload"  // every change is a reload
-)
-
 // HAProxyOptions tune the HAProxy target.
 type HAProxyOptions struct {
-	Mode         string        // ModeAuto (default), ModeRuntime or ModeReload
+	Mode         string        // config.ApplyAuto (default), ApplyRuntime or ApplyReload
 	DrainTimeout time.Duration // how long a removed server may keep its sessions
 	Guards       GuardOptions
 	SingleWriter bool // log writer changes at info (else debug)
@@ -164,7 +158,7 @@ func NewHAProxyTarget(rend Renderer, rl Reloader, rt Runtime, slot ReloadSlot, o
 		opts.Board = &Board{}
 	}
 	if opts.Mode == "" {
-		opts.Mode = ModeAuto
+		opts.Mode = config.ApplyAuto
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 10 * time.Second
@@ -181,7 +175,7 @@ func NewHAProxyTarget(rend Renderer, rl Reloader, rt Runtime, slot ReloadSlot, o
 	if opts.DryRunOut == nil {
 		opts.DryRunOut = io.Discard
 	}
-	if opts.Mode == ModeReload || opts.DryRun {
+	if opts.Mode == config.ApplyReload || opts.DryRun {
 		rt = nil
 	}
 	return &HAProxyTarget{
@@ -741,7 +735,7 @@ func (t *HAProxyTarget) want(kind string, reasons []string) {
 		}
 		return
 	}
-	if kind != "write" && t.opts.Mode == ModeRuntime {
+	if kind != "write" && t.opts.Mode == config.ApplyRuntime {
 		t.log.Warn("structural change: reloading", "reasons", reasons)
 	} else if kind != "write" {
 		t.log.Info("reload needed", "rev", t.outRev, "action", action, "reasons", strings.Join(reasons, "; "))

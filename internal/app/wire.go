@@ -162,8 +162,8 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 }
 
 // NewWatcher returns the etcd source for cfg's prefixes.
-func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.Etcd, error) {
-	w, err := watch.NewEtcd(etcd.Client.Client, watch.Options{
+func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.EtcdSource, error) {
+	w, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
 		Diagnose: etcd.Diagnose,
@@ -255,10 +255,10 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Board:        board,
 		Metrics:      metrics,
 	})
-	src, err := watch.NewEtcd(etcd.Client.Client, watch.Options{
+	src, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
 		Logger:   logger.With("component", "watch"),
-		OnStatus: func(st watch.Status) { etcdStatus(board, bus, metrics, st) },
+		OnStatus: func(st watch.ConnState) { etcdStatus(board, bus, metrics, st) },
 		Diagnose: etcd.Diagnose,
 	})
 	if err != nil {
@@ -342,7 +342,7 @@ func recordSnapshot(board *Board, bus *Bus, m *Metrics, s watch.Snapshot) {
 }
 
 // etcdStatus records the state of the etcd connection (watch.Options.OnStatus).
-func etcdStatus(board *Board, bus *Bus, m *Metrics, st watch.Status) {
+func etcdStatus(board *Board, bus *Bus, m *Metrics, st watch.ConnState) {
 	board.Update(func(s *Status) {
 		s.EtcdConnected = st.Connected
 		s.EtcdSince = st.Since

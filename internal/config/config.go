@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
+	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/fleet"
 	"github.com/haconfd/haconfd/render/node"
 )
@@ -31,9 +32,6 @@ import (
 // EnvPrefix is the prefix of every environment variable haconfd reads:
 // --etcd-endpoints is HACONFD_ETCD_ENDPOINTS.
 const EnvPrefix = "HACONFD"
-
-// MaxSocketPath is the longest path a unix socket address holds on Linux.
-const MaxSocketPath = 107
 
 // Apply modes (--apply).
 const (
@@ -716,8 +714,8 @@ func (h *HAProxy) validate(p *problems) {
 	if h.PIDFile == "" && h.ReloadCmd == "" {
 		p.bad("pidfile", "must not be empty")
 	}
-	if len(h.RuntimeSocket) > MaxSocketPath {
-		p.bad("runtime-socket", "path is %d bytes; unix socket paths are limited to %d", len(h.RuntimeSocket), MaxSocketPath)
+	if len(h.RuntimeSocket) > haproxy.MaxSocketPath {
+		p.bad("runtime-socket", "path is %d bytes; unix socket paths are limited to %d", len(h.RuntimeSocket), haproxy.MaxSocketPath)
 	}
 	switch h.Apply {
 	case ApplyAuto, ApplyRuntime, ApplyReload:
@@ -734,8 +732,8 @@ func (h *HAProxy) validate(p *problems) {
 		if h.ReloadCmd != "" {
 			p.bad("supervise", "--supervise and --reload-cmd exclude each other: haconfd either runs HAProxy or asks someone else to reload it")
 		}
-		if h.MasterSocket == "" || len(h.MasterSocket) > MaxSocketPath {
-			p.bad("master-socket", "%q must be a unix socket path of at most %d bytes", h.MasterSocket, MaxSocketPath)
+		if h.MasterSocket == "" || len(h.MasterSocket) > haproxy.MaxSocketPath {
+			p.bad("master-socket", "%q must be a unix socket path of at most %d bytes", h.MasterSocket, haproxy.MaxSocketPath)
 		}
 	}
 	if h.Settle < 0 {

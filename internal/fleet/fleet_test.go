@@ -63,16 +63,16 @@ func poll(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func getStatus(t *testing.T, cli *clientv3.Client, key string) (Status, int64, bool) {
+func getStatus(t *testing.T, cli *clientv3.Client, key string) (Report, int64, bool) {
 	t.Helper()
 	resp, err := cli.Get(t.Context(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return Status{}, 0, false
+		return Report{}, 0, false
 	}
-	var st Status
+	var st Report
 	if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestFleetPublisherLifecycle(t *testing.T) {
 		_, lease, ok := getStatus(t, cli, pfx+"/lb1")
 		return ok && lease != 0
 	})
-	if err := p.Update(t.Context(), func(s *Status) { s.AppliedRevision, s.LastResult = 42, ResultOK }); err != nil {
+	if err := p.Update(t.Context(), func(s *Report) { s.AppliedRevision, s.LastResult = 42, ResultOK }); err != nil {
 		t.Fatal(err)
 	}
 	st, _, _ := getStatus(t, cli, pfx+"/lb1")
@@ -134,16 +134,16 @@ func TestFleetReadAllStates(t *testing.T) {
 	r1 := put("/db/n1", "10.0.0.1:3306")
 	r2 := put("/db/n2", "10.0.0.2:3306")
 	put("/other/x", "1") // not watched: not a change
-	publish := func(st Status) {
+	publish := func(st Report) {
 		t.Helper()
 		b, _ := json.Marshal(st)
 		put(pfx+"/"+st.Instance, string(b))
 	}
 	now := time.Now()
-	publish(Status{Instance: "ok", Prefixes: []string{"/db"}, AppliedRevision: r2, SeenRevision: r2, LastResult: ResultOK})
-	publish(Status{Instance: "behind", Prefixes: []string{"/db"}, AppliedRevision: r1, SeenRevision: r2, BehindSince: now.Add(-3 * time.Second), LastResult: ResultOK})
-	publish(Status{Instance: "held", AppliedRevision: r1, SeenRevision: r2, LastResult: ResultHeld, Held: "wave stopped: instance x failed"})
-	publish(Status{Instance: "broken", Prefixes: []string{"/db"}, AppliedRevision: r1, LastResult: ResultError, LastError: "apply: haproxy failed to start"})
+	publish(Report{Instance: "ok", Prefixes: []string{"/db"}, AppliedRevision: r2, SeenRevision: r2, LastResult: ResultOK})
+	publish(Report{Instance: "behind", Prefixes: []string{"/db"}, AppliedRevision: r1, SeenRevision: r2, BehindSince: now.Add(-3 * time.Second), LastResult: ResultOK})
+	publish(Report{Instance: "held", AppliedRevision: r1, SeenRevision: r2, LastResult: ResultHeld, Held: "wave stopped: instance x failed"})
+	publish(Report{Instance: "broken", Prefixes: []string{"/db"}, AppliedRevision: r1, LastResult: ResultError, LastError: "apply: haproxy failed to start"})
 
 	want := map[string]State{"ok": Converged, "behind": Lagging, "held": Lagging, "broken": Failing}
 	f, err := ReadAll(ctx, cli, pfx, []string{"/db"})
@@ -223,7 +223,7 @@ func TestFleetStagger(t *testing.T) {
 		t.Fatal(b.err)
 	}
 	b.rel(true, nil)
-	ra, rb := pa.Status().Reloads[0], pb.Status().Reloads[0]
+	ra, rb := pa.Report().Reloads[0], pb.Report().Reloads[0]
 	if !ra.OK || !rb.OK || !rb.Started.After(ra.Finished) || !ra.Coordinated {
 		t.Errorf("reloads overlap or not recorded: a %+v b %+v", ra, rb)
 	}

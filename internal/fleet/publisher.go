@@ -28,7 +28,7 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// Publisher keeps this instance's Status in etcd on a lease that it keeps
+// Publisher keeps this instance's Report in etcd on a lease that it keeps
 // alive (a concurrency.Session, also used by Stagger for its locks).
 type Publisher struct {
 	cli  *clientv3.Client
@@ -37,7 +37,7 @@ type Publisher struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	status  Status
+	status  Report
 	sess    *concurrency.Session
 	ready   chan struct{} // closed while sess is set
 	pubMu   sync.Mutex    // serializes puts so the newest status wins
@@ -72,7 +72,7 @@ func NewPublisher(cli *clientv3.Client, opts Options) (*Publisher, error) {
 		opts:   opts,
 		ttl:    int(math.Ceil(opts.TTL.Seconds())),
 		log:    log.With("component", "fleet"),
-		status: Status{Instance: opts.Instance, Started: time.Now()},
+		status: Report{Instance: opts.Instance, Started: time.Now()},
 		ready:  make(chan struct{}),
 	}, nil
 }
@@ -83,8 +83,8 @@ func (p *Publisher) Instance() string { return p.opts.Instance }
 // Prefix is the status prefix.
 func (p *Publisher) Prefix() string { return p.opts.Prefix }
 
-// Status returns a copy of the status as last updated.
-func (p *Publisher) Status() Status {
+// Report returns a copy of the status as last updated.
+func (p *Publisher) Report() Report {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.status.clone()
@@ -160,7 +160,7 @@ func (p *Publisher) stop(sess *concurrency.Session) {
 
 // Update changes the status with f and publishes it at once when a lease
 // is held (else the next lease publishes it). It returns the put's error.
-func (p *Publisher) Update(ctx context.Context, f func(*Status)) error {
+func (p *Publisher) Update(ctx context.Context, f func(*Report)) error {
 	p.mu.Lock()
 	f(&p.status)
 	p.status.Instance = p.opts.Instance

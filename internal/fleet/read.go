@@ -25,7 +25,7 @@ const (
 
 // Instance is one instance's published status and what ReadAll made of it.
 type Instance struct {
-	Status
+	Report
 	State  State  `json:"state"`
 	Latest int64  `json:"latest_revision"`  // latest change under the instance's prefixes
 	Behind int64  `json:"behind,omitempty"` // revisions from applied to latest (lagging)
@@ -77,26 +77,26 @@ func ReadAll(ctx context.Context, cli *clientv3.Client, prefix string, watched [
 	f := Fleet{Revision: live.Header.Revision, Read: time.Now()}
 	byName := map[string]Instance{}
 	for _, kv := range live.Kvs {
-		var st Status
+		var st Report
 		if err := json.Unmarshal(kv.Value, &st); err != nil {
 			f.Notes = append(f.Notes, fmt.Sprintf("%s: not a status: %v", kv.Key, err))
 			continue
 		}
 		st.Instance = strings.TrimPrefix(string(kv.Key), prefix+"/")
-		byName[st.Instance] = Instance{Status: st}
+		byName[st.Instance] = Instance{Report: st}
 	}
 	for _, kv := range seen.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), prefix+".last-seen/")
 		if _, ok := byName[name]; ok {
 			continue
 		}
-		var st Status
+		var st Report
 		if err := json.Unmarshal(kv.Value, &st); err != nil {
 			f.Notes = append(f.Notes, fmt.Sprintf("%s: not a status: %v", kv.Key, err))
 			continue
 		}
 		st.Instance = name
-		byName[name] = Instance{Status: st, State: Gone,
+		byName[name] = Instance{Report: st, State: Gone,
 			Detail: "lease expired: no clean stop; last update " + st.Updated.Format(time.RFC3339)}
 	}
 	latest := map[string]int64{} // by joined prefix list

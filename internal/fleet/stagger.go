@@ -107,7 +107,7 @@ func (s *Stagger) Acquire(ctx context.Context, a Attempt) (release func(ok bool,
 		}
 	}
 	rec := Reload{Action: a.Action, Change: a.Change, ConfigSHA256: a.ConfigSHA256, Started: time.Now(), Coordinated: mu != nil}
-	if err := s.pub.Update(ctx, func(st *Status) {
+	if err := s.pub.Update(ctx, func(st *Report) {
 		st.Waiting = ""
 		st.Reloads = append(st.Reloads, rec)
 		if n := len(st.Reloads); n > maxReloads {
@@ -119,7 +119,7 @@ func (s *Stagger) Acquire(ctx context.Context, a Attempt) (release func(ok bool,
 	return func(ok bool, rerr error) {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		if err := s.pub.Update(ctx, func(st *Status) {
+		if err := s.pub.Update(ctx, func(st *Report) {
 			for i := len(st.Reloads) - 1; i >= 0; i-- {
 				r := &st.Reloads[i]
 				if r.Started.Equal(rec.Started) && r.Change == rec.Change {
@@ -165,7 +165,7 @@ func (s *Stagger) checkWave(ctx context.Context, change string) error {
 		return nil
 	}
 	for _, kv := range resp.Kvs {
-		var st Status
+		var st Report
 		if json.Unmarshal(kv.Value, &st) != nil || st.Instance == s.pub.opts.Instance {
 			continue
 		}
@@ -212,7 +212,7 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 	h := fnv.New32a()
 	h.Write([]byte(s.pub.opts.Instance))
 	slot := int(h.Sum32() % uint32(s.opts.Slots))
-	if err := s.pub.Update(ctx, func(st *Status) {
+	if err := s.pub.Update(ctx, func(st *Report) {
 		st.Waiting = fmt.Sprintf("reload slot %d since %s", slot, since.Format(time.RFC3339Nano))
 	}); err != nil {
 		s.log.Warn("publish waiting", "err", err)
@@ -223,7 +223,7 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 	mu := concurrency.NewMutex(sess, lockPrefix(s.pub.opts.Prefix, slot))
 	if err := mu.Lock(lctx); err != nil {
 		if ctx.Err() != nil {
-			_ = s.pub.Update(context.WithoutCancel(ctx), func(st *Status) { st.Waiting = "" })
+			_ = s.pub.Update(context.WithoutCancel(ctx), func(st *Report) { st.Waiting = "" })
 			return nil, ctx.Err()
 		}
 		s.uncoordinated(err)
@@ -236,10 +236,10 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 // clearWaiting removes the "waiting for a reload slot" note once no slot
 // is awaited (the attempt was refused or canceled).
 func (s *Stagger) clearWaiting(ctx context.Context) {
-	if s.pub.Status().Waiting == "" {
+	if s.pub.Report().Waiting == "" {
 		return
 	}
-	if err := s.pub.Update(context.WithoutCancel(ctx), func(st *Status) { st.Waiting = "" }); err != nil {
+	if err := s.pub.Update(context.WithoutCancel(ctx), func(st *Report) { st.Waiting = "" }); err != nil {
 		s.log.Warn("publish waiting", "err", err)
 	}
 }

@@ -32,11 +32,11 @@ const (
 	ResultHeld  = "held"
 )
 
-// maxReloads is how many reload records a Status keeps.
+// maxReloads is how many reload records a Report keeps.
 const maxReloads = 16
 
-// Status is what one instance publishes.
-type Status struct {
+// Report is what one instance publishes.
+type Report struct {
 	Instance        string    `json:"instance"`
 	Prefixes        []string  `json:"prefixes"`         // the watched prefixes
 	AppliedRevision int64     `json:"applied_revision"` // revision of the snapshot the live config was rendered from
@@ -76,7 +76,7 @@ type Reload struct {
 	Coordinated  bool      `json:"coordinated"` // it held a reload slot
 }
 
-func (s Status) clone() Status {
+func (s Report) clone() Report {
 	s.Prefixes = slices.Clone(s.Prefixes)
 	s.Reloads = slices.Clone(s.Reloads)
 	return s

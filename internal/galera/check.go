@@ -51,7 +51,7 @@ type Verdict struct {
 // wsrep_local_state is 4 (Synced), or 2 (Donor/Desynced) with
 // AvailableWhenDonor; 503 otherwise, and also when read_only is ON unless
 // AvailableWhenReadOnly.
-func Evaluate(st Status, opts CheckOptions) Verdict {
+func Evaluate(st Wsrep, opts CheckOptions) Verdict {
 	ok := st.State == StateSynced || st.State == StateDonor && opts.AvailableWhenDonor
 	if !ok {
 		return verdict(http.StatusServiceUnavailable, bodyNotSynced, st.describe())
@@ -70,13 +70,13 @@ func verdict(code int, sentence, reason string) Verdict {
 // httpchk sends OPTIONS by default; GET and HEAD work too) and every path
 // gets the same answer.
 type Check struct {
-	reader StatusReader
+	reader WsrepReader
 	opts   CheckOptions
 	logger *slog.Logger
 }
 
 // NewCheck returns the handler. A nil logger discards logs.
-func NewCheck(reader StatusReader, opts CheckOptions, logger *slog.Logger) *Check {
+func NewCheck(reader WsrepReader, opts CheckOptions, logger *slog.Logger) *Check {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultCheckTimeout
 	}
@@ -95,7 +95,7 @@ func (c *Check) Verdict(ctx context.Context) Verdict {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
-	st, err := c.reader.ReadStatus(ctx)
+	st, err := c.reader.ReadWsrep(ctx)
 	if err != nil {
 		reason := "MySQL error: " + oneLine(err.Error())
 		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {

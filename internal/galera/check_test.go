@@ -23,7 +23,7 @@ func TestEvaluate(t *testing.T) {
 		for _, donor := range []bool{false, true} {
 			for _, readOnlyOK := range []bool{false, true} {
 				for _, readOnly := range []bool{false, true} {
-					st := Status{State: state, Comment: comments[state], Index: 0, ReadOnly: readOnly}
+					st := Wsrep{State: state, Comment: comments[state], Index: 0, ReadOnly: readOnly}
 					opts := CheckOptions{AvailableWhenDonor: donor, AvailableWhenReadOnly: readOnlyOK}
 					wantCode, wantLine := 503, bodyNotSynced
 					if state == 4 || state == 2 && donor {
@@ -58,13 +58,13 @@ func TestEvaluate(t *testing.T) {
 func TestEvaluateReason(t *testing.T) {
 	tests := []struct {
 		name string
-		st   Status
+		st   Wsrep
 		want string
 	}{
-		{"donor", Status{State: 2, Comment: "Donor/Desynced"}, "wsrep_local_state 2 (Donor/Desynced)"},
-		{"no comment", Status{State: 3}, "wsrep_local_state 3 (Joined)"},
-		{"no wsrep", Status{State: StateUnknown}, "wsrep_local_state not reported"},
-		{"read only", Status{State: 4, Comment: "Synced", ReadOnly: true}, "read_only ON"},
+		{"donor", Wsrep{State: 2, Comment: "Donor/Desynced"}, "wsrep_local_state 2 (Donor/Desynced)"},
+		{"no comment", Wsrep{State: 3}, "wsrep_local_state 3 (Joined)"},
+		{"no wsrep", Wsrep{State: StateUnknown}, "wsrep_local_state not reported"},
+		{"read only", Wsrep{State: 4, Comment: "Synced", ReadOnly: true}, "read_only ON"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,20 +97,20 @@ func TestCheckHTTP(t *testing.T) {
 	tests := []struct {
 		name     string
 		method   string
-		st       Status
+		st       Wsrep
 		err      error
 		block    bool
 		disabled bool
 		code     int
 		body     string
 	}{
-		{"synced OPTIONS (httpchk default)", http.MethodOptions, Status{State: 4, Comment: "Synced"}, nil, false, false, 200, bodySynced},
-		{"synced GET", http.MethodGet, Status{State: 4, Comment: "Synced"}, nil, false, false, 200, bodySynced},
-		{"synced HEAD", http.MethodHead, Status{State: 4, Comment: "Synced"}, nil, false, false, 200, ""},
-		{"joined", http.MethodGet, Status{State: 3, Comment: "Joined"}, nil, false, false, 503, bodyNotSynced},
-		{"mysql down", http.MethodGet, Status{}, errors.New("dial tcp 127.0.0.1:3306: connection refused"), false, false, 503, "MySQL error: dial tcp"},
-		{"mysql hangs", http.MethodGet, Status{}, nil, true, false, 503, "did not answer within 200ms"},
-		{"disabled by hand", http.MethodGet, Status{State: 4, Comment: "Synced"}, nil, false, true, 503, bodyDisabled},
+		{"synced OPTIONS (httpchk default)", http.MethodOptions, Wsrep{State: 4, Comment: "Synced"}, nil, false, false, 200, bodySynced},
+		{"synced GET", http.MethodGet, Wsrep{State: 4, Comment: "Synced"}, nil, false, false, 200, bodySynced},
+		{"synced HEAD", http.MethodHead, Wsrep{State: 4, Comment: "Synced"}, nil, false, false, 200, ""},
+		{"joined", http.MethodGet, Wsrep{State: 3, Comment: "Joined"}, nil, false, false, 503, bodyNotSynced},
+		{"mysql down", http.MethodGet, Wsrep{}, errors.New("dial tcp 127.0.0.1:3306: connection refused"), false, false, 503, "MySQL error: dial tcp"},
+		{"mysql hangs", http.MethodGet, Wsrep{}, nil, true, false, 503, "did not answer within 200ms"},
+		{"disabled by hand", http.MethodGet, Wsrep{State: 4, Comment: "Synced"}, nil, false, true, 503, bodyDisabled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -63,11 +63,11 @@ type Options struct {
 	ServiceInstanceName string        // optional token
 	Layout              Layout        // default LayoutDir
 	TTL                 time.Duration // lease TTL, whole seconds, default DefaultTTL
-	// Status, when set, is polled every StatePoll and the node's Galera
+	// Wsrep, when set, is polled every StatePoll and the node's Galera
 	// state and index are published with the registration (on the same
 	// lease), each time they change. While it fails, the state published
 	// is StateUnreachable.
-	Status       StatusReader
+	Wsrep        WsrepReader
 	StatePoll    time.Duration // default DefaultStatePoll
 	QueryTimeout time.Duration // bounds one status read, default DefaultCheckTimeout
 	StopTimeout  time.Duration // bounds the clean-up when Run's context ends, default DefaultStopTimeout
@@ -76,7 +76,7 @@ type Options struct {
 
 // nodeState is what the registrar publishes about Galera.
 type nodeState struct {
-	state string // "" when no Status reader
+	state string // "" when no Wsrep reader
 	index int    // -1 when unknown
 }
 
@@ -167,7 +167,7 @@ func New(cli *clientv3.Client, opts Options) (*Registrar, error) {
 		logger: opts.Logger,
 		state:  nodeState{index: -1},
 	}
-	if opts.Status != nil {
+	if opts.Wsrep != nil {
 		r.state.state = "Synced" // only to validate the full key set
 		r.state.index = 0
 	}
@@ -213,7 +213,7 @@ func (r *Registrar) desired() map[string]string {
 func (r *Registrar) Run(ctx context.Context) error {
 	var states chan nodeState
 	var wg sync.WaitGroup
-	if r.opts.Status != nil {
+	if r.opts.Wsrep != nil {
 		// Publish the state with the first registration: a node without a
 		// state counts as Synced.
 		r.state = r.readState(ctx, -1)
@@ -461,7 +461,7 @@ func (r *Registrar) poll(ctx context.Context, last nodeState, out chan nodeState
 func (r *Registrar) readState(ctx context.Context, lastIndex int) nodeState {
 	qctx, cancel := context.WithTimeout(ctx, r.opts.QueryTimeout)
 	defer cancel()
-	st, err := r.opts.Status.ReadStatus(qctx)
+	st, err := r.opts.Wsrep.ReadWsrep(qctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.logger.Debug("node status unreadable", "id", r.opts.ID, "err", err)
@@ -474,7 +474,7 @@ func (r *Registrar) readState(ctx context.Context, lastIndex int) nodeState {
 // publishedState is the state and index published for st: Galera's own
 // comment when haconfd's parser accepts it, else the name of the numeric
 // state.
-func publishedState(st Status, lastIndex int) nodeState {
+func publishedState(st Wsrep, lastIndex int) nodeState {
 	s := nodeState{state: st.Comment, index: st.Index}
 	if s.index < 0 {
 		s.index = lastIndex

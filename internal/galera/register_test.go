@@ -348,7 +348,7 @@ func TestRegisterStopSparesNewerOwner(t *testing.T) {
 	}
 }
 
-// TestRegisterState: with a StatusReader the Galera state and index are
+// TestRegisterState: with a WsrepReader the Galera state and index are
 // published with the registration and each time they change.
 func TestRegisterState(t *testing.T) {
 	for _, layout := range []Layout{LayoutDir, LayoutJSON} {
@@ -356,10 +356,10 @@ func TestRegisterState(t *testing.T) {
 			srv := etcdtest.Start(t)
 			cli := newClient(t, srv.Endpoints())
 			fake := &fakeStatus{}
-			fake.set(Status{State: 4, Comment: "Synced", Index: 2}, nil)
+			fake.set(Wsrep{State: 4, Comment: "Synced", Index: 2}, nil)
 			opts := dirOpts("db1", "10.0.0.1")
 			opts.Layout = layout
-			opts.Status = fake
+			opts.Wsrep = fake
 			opts.StatePoll = 50 * time.Millisecond
 			start(t, cli, opts)
 			read := func() (node.Node, string) {
@@ -372,16 +372,16 @@ func TestRegisterState(t *testing.T) {
 			}
 			steps := []struct {
 				name      string
-				st        Status
+				st        Wsrep
 				err       error
 				wantState string
 				wantIndex int
 			}{
-				{"synced", Status{State: 4, Comment: "Synced", Index: 2}, nil, "Synced", 2},
-				{"desynced", Status{State: 2, Comment: "Donor/Desynced", Index: 2}, nil, "Donor/Desynced", 2},
-				{"mysql down keeps index", Status{}, errors.New("connection refused"), StateUnreachable, 2},
-				{"rejoined with new index", Status{State: 4, Comment: "Synced", Index: 0}, nil, "Synced", 0},
-				{"odd comment falls back to the state's name", Status{State: 3, Comment: "Joined\n oops", Index: 0}, nil, "Joined", 0},
+				{"synced", Wsrep{State: 4, Comment: "Synced", Index: 2}, nil, "Synced", 2},
+				{"desynced", Wsrep{State: 2, Comment: "Donor/Desynced", Index: 2}, nil, "Donor/Desynced", 2},
+				{"mysql down keeps index", Wsrep{}, errors.New("connection refused"), StateUnreachable, 2},
+				{"rejoined with new index", Wsrep{State: 4, Comment: "Synced", Index: 0}, nil, "Synced", 0},
+				{"odd comment falls back to the state's name", Wsrep{State: 3, Comment: "Joined\n oops", Index: 0}, nil, "Joined", 0},
 			}
 			for _, s := range steps {
 				fake.set(s.st, s.err)
@@ -409,9 +409,9 @@ func TestRegisterFirstStateWithRegistration(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := newClient(t, srv.Endpoints())
 	fake := &fakeStatus{}
-	fake.set(Status{}, errors.New("connection refused"))
+	fake.set(Wsrep{}, errors.New("connection refused"))
 	opts := dirOpts("db1", "10.0.0.1")
-	opts.Status = fake
+	opts.Wsrep = fake
 	w := cli.Watch(context.Background(), testPrefix, clientv3.WithPrefix())
 	start(t, cli, opts)
 	select {

@@ -36,24 +36,24 @@ const (
 // drained (kept in the config) until MySQL answers again.
 const StateUnreachable = "Unreachable"
 
-// Status is what a node's MySQL says about itself.
-type Status struct {
+// Wsrep is what a node's MySQL says about itself.
+type Wsrep struct {
 	State    int    // wsrep_local_state, StateUnknown when absent
 	Comment  string // wsrep_local_state_comment, "" when absent
 	Index    int    // wsrep_local_index, -1 when absent
 	ReadOnly bool   // @@global.read_only
 }
 
-// StatusReader reads a node's Status. It must honour ctx's deadline.
-type StatusReader interface {
-	ReadStatus(ctx context.Context) (Status, error)
+// WsrepReader reads a node's Status. It must honour ctx's deadline.
+type WsrepReader interface {
+	ReadWsrep(ctx context.Context) (Wsrep, error)
 }
 
 // ErrInvalidDSN is wrapped by NewMySQLReader's error for a DSN that
 // go-sql-driver/mysql cannot parse.
 var ErrInvalidDSN = errors.New("invalid MySQL DSN")
 
-// MySQLReader reads Status from a MySQL/MariaDB server with
+// MySQLReader reads Wsrep from a MySQL/MariaDB server with
 // go-sql-driver/mysql.
 type MySQLReader struct {
 	db *sql.DB
@@ -106,8 +106,8 @@ func (m *MySQLReader) Close() error { return m.db.Close() }
 
 // ReadStatus runs SHOW GLOBAL STATUS for the three wsrep variables and
 // reads @@global.read_only.
-func (m *MySQLReader) ReadStatus(ctx context.Context) (Status, error) {
-	st := Status{State: StateUnknown, Index: -1}
+func (m *MySQLReader) ReadWsrep(ctx context.Context) (Wsrep, error) {
+	st := Wsrep{State: StateUnknown, Index: -1}
 	rows, err := m.db.QueryContext(ctx, "SHOW GLOBAL STATUS WHERE Variable_name IN "+
 		"('wsrep_local_state','wsrep_local_state_comment','wsrep_local_index')")
 	if err != nil {
@@ -164,7 +164,7 @@ func stateName(state int) string {
 }
 
 // describe is "wsrep_local_state 2 (Donor/Desynced)" for bodies and logs.
-func (s Status) describe() string {
+func (s Wsrep) describe() string {
 	if s.State == StateUnknown {
 		return "wsrep_local_state not reported (is wsrep on?)"
 	}
