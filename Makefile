@@ -6,6 +6,7 @@
 # `make test` runs the packages whose tests start HAProxy against each one
 # that is there; CI (CI=true) fails when 3.0 is missing. Any test package
 # runs against another binary with HACONFD_TEST_HAPROXY=/path/to/haproxy.
+SHELL   := /bin/bash
 GO      ?= go
 BIN     := bin/haconfd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -46,10 +47,10 @@ haproxy30:
 test: deps lint
 	@scripts/loopback-notrack.sh
 	@export PATH="$$PATH:/usr/sbin"; echo "== go test ./... against $$($(HAPROXY) -v | sed -n 1p) ($(HAPROXY))"
-	PATH="$$PATH:/usr/sbin" $(GO) test -race -count=1 -timeout 15m ./...
+	set -o pipefail; PATH="$$PATH:/usr/sbin" $(GO) test -json -race -count=1 -timeout 15m ./... | $(GO) run ./e2e/testsummary
 	@if [ -x "$(HAPROXY30)" ]; then \
 		echo "== the HAProxy packages again, against $$($(HAPROXY30) -v | sed -n 1p) ($(HAPROXY30))"; \
-		PATH="$$PATH:/usr/sbin" HACONFD_TEST_HAPROXY=$(HAPROXY30) $(GO) test -race -count=1 -timeout 15m $(HAPROXY_PKGS); \
+		set -o pipefail; PATH="$$PATH:/usr/sbin" HACONFD_TEST_HAPROXY=$(HAPROXY30) $(GO) test -json -race -count=1 -timeout 15m $(HAPROXY_PKGS) | $(GO) run ./e2e/testsummary; \
 	elif [ "$$CI" = true ]; then \
 		echo "HAProxy 3.0 is missing at $(HAPROXY30) (CI=true): run make haproxy30"; exit 1; \
 	else \

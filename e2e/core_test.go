@@ -42,9 +42,6 @@ func TestNodesAppearAndVanish(t *testing.T) {
 	e.eventually("db3 gone after lease revoke", func(m map[string]int) bool {
 		return m["db3"] == 0 && m["db2"] > 0 && m["error"] == 0
 	})
-	if _, err := os.Stat(e.cfgPath + ".bak"); err != nil {
-		t.Fatalf("no .bak of the last good config: %v", err)
-	}
 	p.stop()
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("haconfd exited %d on SIGTERM", code)
@@ -67,6 +64,18 @@ func TestInjectedValueIsSkipped(t *testing.T) {
 	p.waitLog(prefix + "/evil")
 	if live := e.live(); strings.Contains(live, "evil") || strings.Contains(live, "1.2.3.4") {
 		t.Fatalf("injected value reached the config:\n%s", live)
+	}
+	// Counted, and listed.
+	addr := p.httpAddr()
+	if _, metrics := get(t, addr, "/metrics"); !strings.Contains(metrics, "haconfd_skipped_nodes 1") {
+		t.Fatalf("/metrics lacks haconfd_skipped_nodes 1")
+	}
+	if st := status(t, addr); len(st.Skipped) != 1 || !strings.Contains(st.Skipped[0], "/evil") {
+		t.Fatalf("/status skipped_nodes = %q", st.Skipped)
+	}
+	// The single-writer choice is not news when --single-writer is off.
+	if strings.Contains(p.Log(), `level=INFO msg="single writer"`) {
+		t.Fatalf("single writer logged at info without --single-writer")
 	}
 }
 

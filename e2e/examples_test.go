@@ -24,6 +24,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"io"
 	"net"
 	"net/http"
@@ -493,9 +494,7 @@ func TestExampleDockerfile(t *testing.T) {
 	})
 
 	t.Run("HEALTHCHECK probe", func(t *testing.T) {
-		if _, err := exec.LookPath("bash"); err != nil {
-			t.Skip("bash not installed here: the probe is a bash /dev/tcp one-liner")
-		}
+		testbed.NeedTool(t, "bash", "the probe is a bash /dev/tcp one-liner")
 		if len(df.health) < 1 || df.health[0] != "/bin/bash" {
 			t.Fatalf("HEALTHCHECK %q: want an exec-form bash probe", df.health)
 		}
@@ -949,10 +948,7 @@ func TestExampleSystemdHardening(t *testing.T) {
 }
 
 func TestExampleSystemdAnalyzeVerify(t *testing.T) {
-	sa, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze is not installed here (apt-get install systemd): unit files checked by the other tests only")
-	}
+	sa := testbed.NeedTool(t, "systemd-analyze", "apt-get install systemd")
 	dir := t.TempDir()
 	// Units the examples depend on but do not ship.
 	for _, stub := range []string{"docker.service", "etcd2.service", "galera@.service", "mariadb.service"} {

@@ -370,6 +370,16 @@ func TestFleet(t *testing.T) {
 		lbs[1].p.stop()
 		e.waitStates("lb2 removed", map[string]fleet.State{"lb1": fleet.Converged, "lb3": fleet.Gone})
 	})
+
+	// Every log line names its component once (the fleet's lines said
+	// component=fleet twice).
+	for _, l := range lbs {
+		for _, line := range strings.Split(l.p.Log(), "\n") {
+			if strings.Count(line, "component=") > 1 {
+				t.Errorf("%s: a log line names its component twice: %s", l.name, line)
+			}
+		}
+	}
 }
 
 func TestFleetBadFlags(t *testing.T) {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"strings"
 	"testing"
 	"time"
@@ -123,12 +124,8 @@ func logLine(log, substr string) string {
 
 // pollLog waits until p logged substr or exited having logged it.
 func pollLog(p *proc, substr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.Log(), substr) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%q not logged", substr)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testbed.Poll(30*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(p.Log(), substr) }); err != nil {
+		return fmt.Errorf("%q not logged", substr)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"io"
 	"log/slog"
 	"net"
@@ -116,16 +117,10 @@ func dial(port int) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually is testbed.Eventually.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbed.Eventually(t, d, what, cond)
 }
 
 // site is one managed HAProxy in a temp dir.

@@ -336,7 +336,7 @@ func (m *Manager) adoptOnce() {
 
 // Write makes next the live file without touching HAProxy (for a change
 // the runtime API already made): stage it, validate it with haproxy -c,
-// back the live file up to ConfigPath+".bak", rename. A rejected next
+// rename. A rejected next
 // returns the *InvalidConfigError with the live file untouched.
 func (m *Manager) Write(ctx context.Context, next []byte) error {
 	m.mu.Lock()
@@ -357,12 +357,6 @@ func (m *Manager) Write(ctx context.Context, next []byte) error {
 		_ = os.Remove(stage)
 		return err
 	}
-	if liveExists {
-		if err := writeAtomic(m.opts.ConfigPath+".bak", live); err != nil {
-			_ = os.Remove(stage)
-			return fmt.Errorf("write: backup: %w", err)
-		}
-	}
 	if err := commitStage(stage, m.opts.ConfigPath); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
@@ -375,7 +369,8 @@ func (m *Manager) Write(ctx context.Context, next []byte) error {
 //  2. stage next beside ConfigPath and validate it (haproxy -c);
 //  3. pre-check that bind addresses new to HAProxy are free;
 //  4. save "show servers state" to StateFile (what the runtime API did);
-//  5. back the live file up to ConfigPath+".bak", rename the stage onto it;
+//  5. rename the stage onto the live file (the previous bytes are kept in
+//     memory for the rollback);
 //  6. start HAProxy or reload it through the controller;
 //  7. verify: the new process runs and answers, still so after Settle;
 //  8. on failure restore the previous file and make sure it is served
@@ -468,11 +463,6 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 
 	// 5. Swap (skipped when the live file already has these bytes).
 	if !same {
-		if liveExists {
-			if err := writeAtomic(cfgPath+".bak", live); err != nil {
-				return Result{Action: ActionNone, OldPIDs: st.pids, Steps: res.Steps}, fmt.Errorf("apply: backup: %w", err)
-			}
-		}
 		committed = true
 		if err := commitStage(stage, cfgPath); err != nil {
 			return Result{Action: ActionNone, OldPIDs: st.pids, Steps: res.Steps}, fmt.Errorf("apply: %w", err)

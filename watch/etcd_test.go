@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/haconfd/haconfd/internal/config"
 	"github.com/haconfd/haconfd/internal/etcdclient"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"log/slog"
 	"net"
 	"reflect"
@@ -478,22 +479,17 @@ func (r *statusRecorder) record(s ConnState) {
 
 func (r *statusRecorder) waitFor(t *testing.T, connected bool) ConnState {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for time.Now().Before(deadline) {
+	var last ConnState
+	testbed.Eventually(t, waitTimeout, fmt.Sprintf("a status Connected=%v", connected), func() bool {
 		r.mu.Lock()
-		n := len(r.ss)
-		var last ConnState
-		if n > 0 {
+		defer r.mu.Unlock()
+		if n := len(r.ss); n > 0 {
 			last = r.ss[n-1]
+			return last.Connected == connected
 		}
-		r.mu.Unlock()
-		if n > 0 && last.Connected == connected {
-			return last
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no status Connected=%v", connected)
-	return ConnState{}
+		return false
+	})
+	return last
 }
 
 func freeURL(t *testing.T) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"maps"
 	"strings"
 	"sync"
@@ -53,15 +54,8 @@ func (c *collector) last() Snapshot {
 // waitRev polls until a snapshot at rev or later arrived.
 func (c *collector) waitRev(t *testing.T, rev int64) Snapshot {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for time.Now().Before(deadline) {
-		if s := c.last(); s.Revision >= rev {
-			return s
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no snapshot at revision %d; last is at %d", rev, c.last().Revision)
-	return Snapshot{}
+	testbed.Eventually(t, waitTimeout, fmt.Sprintf("a snapshot at revision %d", rev), func() bool { return c.last().Revision >= rev })
+	return c.last()
 }
 
 // runCollected is run with the snapshots going to a collector; the channel
@@ -141,13 +135,7 @@ func (w *writer) finish() (map[string]int64, int) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %v", what, waitTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbed.Eventually(t, waitTimeout, what, cond)
 }
 
 // The leader of a 3-member cluster is stopped while keys are written and

@@ -12,10 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -168,7 +166,6 @@ func newRender(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		diff     bool
 		plan     bool
-		timing   bool
 		format   string
 		fromFile string
 		validate bool
@@ -202,16 +199,7 @@ unified diff against the live --output file instead, and exits like diff(1):
 				return &exitError{code: 2, err: err}
 			}
 			if plan {
-				err := printPlan(stdout, stderr, rev, format, timing)
-				if timing {
-					// The process's own high-water mark: a parent's rusage
-					// of a child counts the parent's memory too when the
-					// child is started with vfork, as Go does.
-					if kib, ok := peakRSS(); ok {
-						fmt.Fprintf(stderr, "peak_rss_kib=%d\n", kib)
-					}
-				}
-				return err
+				return printPlan(stdout, rev, format)
 			}
 			if !diff {
 				_, err := stdout.Write(rev.Desired)
@@ -230,8 +218,6 @@ unified diff against the live --output file instead, and exits like diff(1):
 	cmd.Flags().BoolVar(&diff, "diff", false, "print a unified diff against --output; exit 0 unchanged, 1 changed, 2 error")
 	cmd.Flags().BoolVar(&plan, "plan", false, "print what applying would do: the runtime API commands, or reload and why; exit 0 nothing to do, 1 changes, 2 error")
 	cmd.Flags().StringVar(&format, "format", "text", "output of --plan: text or json")
-	cmd.Flags().BoolVar(&timing, "bench-timing", false, "print render_plan=<duration> on stderr (for make bench)")
-	_ = cmd.Flags().MarkHidden("bench-timing")
 	cmd.Flags().StringVar(&fromFile, "from-file", "", "render from a saved snapshot (JSON) instead of etcd")
 	cmd.Flags().BoolVar(&validate, "validate", true, "validate the rendered config with haproxy -c (skipped with a warning when the binary is missing)")
 	return cmd
@@ -319,19 +305,12 @@ through the v3 API, as confd 0.16 does). "haconfd confd -h" lists the flags.`,
 }
 
 // printPlan prints what applying the rendered config would do.
-func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) error {
-	t0 := time.Now()
+func printPlan(w io.Writer, rev app.Review, format string) error {
 	var p haproxy.Plan
 	if rev.Changed {
 		var err error
 		if p, err = haproxy.PlanChange(rev.Live, rev.Desired); err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
-		}
-	}
-	if timing {
-		fmt.Fprintf(stderr, "render_plan=%s\n", rev.RenderTime+time.Since(t0))
-		if err := benchWarm(stderr, rev); err != nil {
-			return &exitError{code: 2, err: err}
 		}
 	}
 	if !rev.Changed {
@@ -363,44 +342,4 @@ func printPlan(w, stderr io.Writer, rev app.Review, format string, timing bool) 
 		}
 	}
 	return &exitError{code: 1}
-}
-
-// benchWarm renders and plans the same snapshot 5 more times in this
-// process and prints the median as render_plan_warm=<duration>: what a
-// running haconfd spends on a change (its templates parsed, its heap
-// grown), where render_plan= is a fresh process's first render.
-func benchWarm(stderr io.Writer, rev app.Review) error {
-	var ds []time.Duration
-	for range 5 {
-		t0 := time.Now()
-		out, err := rev.Rerender()
-		if err != nil {
-			return err
-		}
-		if _, err := haproxy.PlanChange(rev.Live, out.Config); err != nil {
-			return fmt.Errorf("plan: %w", err)
-		}
-		ds = append(ds, time.Since(t0))
-	}
-	slices.Sort(ds)
-	_, err := fmt.Fprintf(stderr, "render_plan_warm=%s\n", ds[len(ds)/2])
-	return err
-}
-
-// peakRSS is VmHWM from /proc/self/status, in KiB (false where there is
-// no /proc).
-func peakRSS() (int64, bool) {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kib int64
-			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kib); err == nil {
-				return kib, true
-			}
-		}
-	}
-	return 0, false
 }

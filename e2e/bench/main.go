@@ -29,6 +29,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/internal/testbed"
 	"github.com/haconfd/haconfd/internal/testhaproxy"
@@ -438,6 +439,12 @@ func renderPlan() ([]string, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	// The stop watch lives in a bench-only program (e2e/bench/renderplan)
+	// that renders and plans as `haconfd render --plan` does.
+	planBin := filepath.Join(dir, "renderplan")
+	if out, err := exec.Command("go", "build", "-o", planBin, "./e2e/bench/renderplan").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build ./e2e/bench/renderplan: %v\n%s", err, out)
+	}
 	var rows []string
 	for _, c := range []struct {
 		n   int
@@ -484,13 +491,13 @@ func renderPlan() ([]string, error) {
 		var times, warm sample
 		var rss int64
 		for r := 0; r < 10; r++ {
-			cmd := exec.Command(*bin, append(base(full), "--plan", "--format", "json", "--bench-timing")...)
+			cmd := exec.Command(planBin, "--from-file", full, "--output", live,
+				"--runtime-socket", filepath.Join(dir, "a.sock"), "--bind", "127.0.0.1:3306", "--log-level", "error")
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
-			var ee *exec.ExitError
-			if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
-				return nil, fmt.Errorf("render --plan %d: %v\n%s", n, err, stderr.String())
+			if err != nil {
+				return nil, fmt.Errorf("renderplan %d: %v\n%s", n, err, stderr.String())
 			}
 			d, w, kib, err := timing(stderr.String())
 			if err != nil {
@@ -498,9 +505,7 @@ func renderPlan() ([]string, error) {
 			}
 			times, warm = append(times, d), append(warm, w)
 			rss = max(rss, kib)
-			var plan struct {
-				Commands []string `json:"commands"`
-			}
+			var plan haproxy.Plan
 			if err := json.Unmarshal(stdout.Bytes(), &plan); err != nil || len(plan.Commands) == 0 {
 				return nil, fmt.Errorf("render --plan %d: no runtime commands: %v", n, err)
 			}
@@ -533,7 +538,7 @@ func writeSnap(path string, s watch.Snapshot) error {
 }
 
 // timing reads the "render_plan=<duration>", "render_plan_warm=<duration>"
-// and "peak_rss_kib=N" lines --bench-timing prints. The peak RSS comes
+// and "peak_rss_kib=N" lines e2e/bench/renderplan prints. The peak RSS comes
 // from haconfd itself (VmHWM): the rusage of a child started with vfork,
 // as Go starts them, includes the bench's own memory.
 func timing(stderr string) (cold, warm time.Duration, kib int64, err error) {

@@ -323,6 +323,21 @@ func (e *env) supervise(ctx context.Context) error {
 			if err != nil {
 				return "", err
 			}
+			if i == 1 {
+				// b1 left less than a minute ago: losing b2 as well would take
+				// 2 of 3 servers away within --max-remove-window, so the guard
+				// keeps b2 configured (HAProxy's check has it DOWN, as waitGone
+				// just saw) and says so in /status.
+				if err := waitStatus(ctx, status, 30*time.Second, "b2 held by max_remove", func(s haconfdStatus) bool {
+					return s.Servers == 2 && strings.Contains(s.Held, "galera/b2") && strings.Contains(s.Held, "max_remove")
+				}); err != nil {
+					return "", err
+				}
+				st, _ := readStatus(status)
+				e.note("supervise: docker kill b2: last answer / held by max_remove", "%s / %s",
+					gone.Round(10*time.Millisecond), time.Since(t).Round(100*time.Millisecond))
+				return fmt.Sprintf("last answer from b2 %s after the kill; kept configured: %s", gone.Round(10*time.Millisecond), st.Held), nil
+			}
 			if err := waitStatus(ctx, status, 30*time.Second, strconv.Itoa(want)+" servers", func(s haconfdStatus) bool { return s.Servers == want }); err != nil {
 				return "", err
 			}

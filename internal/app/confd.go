@@ -101,7 +101,9 @@ func (c *ConfdTarget) submit(wait bool) {
 				c.log.Debug("resource in sync", "resource", r.Name, "dest", r.Dest, "rev", snap.Revision)
 			}
 		}
-		if err != nil {
+		if err != nil && ctx.Err() != nil {
+			c.log.Info("confd run superseded by a newer change", "rev", snap.Revision)
+		} else if err != nil {
 			for _, line := range strings.Split(err.Error(), "\n") {
 				c.log.Error("confd run failed, destination left as it was", "rev", snap.Revision, "err", line)
 			}

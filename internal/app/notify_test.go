@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"log/slog"
 	"net"
 	"os"
@@ -103,13 +104,7 @@ func TestWatchdogFeedsWhileHealthy(t *testing.T) {
 
 	// Unhealthy: three checks pass without a ping. A marker sent now must
 	// be the first datagram the socket holds (unix datagrams keep order).
-	deadline := time.Now().Add(10 * time.Second)
-	for calls.Load() < 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("watchdog never asked healthy()")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testbed.Eventually(t, 10*time.Second, "the watchdog asking healthy() three times", func() bool { return calls.Load() >= 3 })
 	marker, err := net.DialUnix("unixgram", nil, conn.LocalAddr().(*net.UnixAddr))
 	if err != nil {
 		t.Fatal(err)

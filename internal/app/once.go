@@ -30,11 +30,6 @@ type Review struct {
 	Live     []byte // the current --output file, nil if absent
 	Changed  bool   // Output.Config differs from Live
 	Diff     string // unified diff Live → rendered
-	// RenderTime is how long rendering the snapshot took.
-	RenderTime time.Duration
-	// Rerender renders the same snapshot again with the same renderer, as
-	// a running haconfd renders each change (for make bench's warm rows).
-	Rerender func() (render.Output, error)
 }
 
 // RenderReview renders once, from fromFile (a saved snapshot) or from a
@@ -59,10 +54,8 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
-	in := renderInput(snap)
-	t0 := time.Now()
+	in := RenderInput(snap)
 	out, err := rend.Render(in)
-	renderTime := time.Since(t0)
 	if err != nil {
 		return Review{}, err
 	}
@@ -74,8 +67,7 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 			return Review{}, err
 		}
 	}
-	r := Review{Output: out, Desired: out.Config, Revision: snap.Revision, RenderTime: renderTime,
-		Rerender: func() (render.Output, error) { return rend.Render(in) }}
+	r := Review{Output: out, Desired: out.Config, Revision: snap.Revision}
 	live, err := os.ReadFile(cfg.Output)
 	switch {
 	case err == nil:

@@ -312,7 +312,7 @@ func (t *HAProxyTarget) Result() error {
 func (t *HAProxyTarget) renderSnapshot() {
 	s := *t.snap
 	start := time.Now()
-	in := renderInput(s)
+	in := RenderInput(s)
 	in.Writer = t.writer
 	out, err := t.rend.Render(in)
 	took := time.Since(start)
@@ -1285,10 +1285,10 @@ func (t *HAProxyTarget) dryRun() {
 	t.lanes.Submit(j)
 }
 
-// renderInput is a snapshot as the renderer takes it: its pairs sorted
+// RenderInput is a snapshot as the renderer takes it: its pairs sorted
 // by key (nodes are parsed from them, and the template key functions build
 // a map only if a template uses them).
-func renderInput(s watch.Snapshot) render.Input {
+func RenderInput(s watch.Snapshot) render.Input {
 	// Snapshots are sorted by key; one that is not (hand-made) goes as a
 	// map.
 	if !slices.IsSortedFunc(s.KVs, func(a, b watch.KV) int { return strings.Compare(a.Key, b.Key) }) {

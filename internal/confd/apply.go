@@ -20,14 +20,19 @@ import (
 // the destination is then untouched.
 var ErrCheckFailed = errors.New("config check failed")
 
-// ErrReloadFailed is wrapped by Apply when reload_cmd fails; the new file
-// is in place.
+// ErrReloadFailed is wrapped by Apply when reload_cmd fails; the
+// destination is then put back as it was before (confd left the new file
+// in place, so that a later reload picked up a file that had failed).
 var ErrReloadFailed = errors.New("reload failed")
 
 // cmdWaitDelay bounds how long a finished command's output pipes are
 // waited for: a reload_cmd that starts a daemon in the background must not
 // hang the run (confd would hang).
 const cmdWaitDelay = 2 * time.Second
+
+// reloadTimeout bounds a reload_cmd, which a newer run or a shutdown does
+// not interrupt (confd itself never times one out).
+const reloadTimeout = 2 * time.Minute
 
 // Job is one resource with its rendered content.
 type Job struct {
@@ -99,9 +104,11 @@ func (a *Applier) ApplyBatch(ctx context.Context, jobs []Job) ([]Result, error) 
 	}
 	var reloads []*reload
 	byCmd := make(map[string]*reload)
+	prevs := make([]*previous, len(jobs))
 	for i, j := range jobs {
 		results[i] = Result{Name: j.Resource.Name, Dest: j.Resource.Dest}
-		changed, err := a.install(ctx, j.Resource, j.Rendered)
+		changed, prev, err := a.install(ctx, j.Resource, j.Rendered)
+		prevs[i] = prev
 		results[i].Changed = changed
 		if err != nil {
 			results[i].Err = fmt.Errorf("%s: %w", j.Resource.Name, err)
@@ -129,9 +136,21 @@ func (a *Applier) ApplyBatch(ctx context.Context, jobs []Job) ([]Result, error) 
 			names = append(names, jobs[i].Resource.Name)
 		}
 		a.logger.Info("running reload_cmd", "resources", names, "cmd", rl.cmd)
-		if err := a.run(ctx, "reload_cmd", rl.cmd); err != nil {
+		// The destination is already replaced: a reload cut short by a
+		// newer run or by shutdown would leave a new file that the
+		// service never loaded (and the next run would find in sync). It
+		// runs to its end, bounded by reloadTimeout only.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reloadTimeout)
+		err := a.run(rctx, "reload_cmd", rl.cmd)
+		cancel()
+		if err != nil {
 			for _, i := range rl.jobs {
-				results[i].Err = fmt.Errorf("%s: %w: %w", jobs[i].Resource.Name, ErrReloadFailed, err)
+				what := "the previous file restored"
+				if rerr := prevs[i].restore(jobs[i].Resource.Dest); rerr != nil {
+					what = "restoring the previous file failed: " + rerr.Error()
+				}
+				a.logger.Error("reload_cmd failed; destination put back as it was", "resource", jobs[i].Resource.Name, "dest", jobs[i].Resource.Dest, "err", err)
+				results[i].Err = fmt.Errorf("%s: %w: %w (%s)", jobs[i].Resource.Name, ErrReloadFailed, err, what)
 			}
 		}
 	}
@@ -144,20 +163,81 @@ func (a *Applier) ApplyBatch(ctx context.Context, jobs []Job) ([]Result, error) 
 	return results, errors.Join(errs...)
 }
 
-// install stages, compares, checks and renames one file; no reload.
-func (a *Applier) install(ctx context.Context, r Resource, rendered []byte) (changed bool, err error) {
+// previous is a destination as it was before install replaced it.
+type previous struct {
+	existed  bool
+	content  []byte
+	mode     os.FileMode
+	uid, gid int
+}
+
+// restore puts the destination back as it was (nil: nothing to do).
+func (p *previous) restore(dest string) error {
+	if p == nil {
+		return nil
+	}
+	if !p.existed {
+		if err := os.Remove(dest); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		syncDir(filepath.Dir(dest))
+		return nil
+	}
+	stage, err := writeStage(dest, p.content)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(stage, p.mode); err != nil {
+		_ = os.Remove(stage)
+		return err
+	}
+	_ = os.Chown(stage, p.uid, p.gid) // as install: the owner is best effort
+	if err := os.Rename(stage, dest); err != nil {
+		_ = os.Remove(stage)
+		if errors.Is(err, syscall.EBUSY) { // a mount point: in place, as install
+			return writeInPlace(dest, p.content, p.mode, p.uid, p.gid)
+		}
+		return err
+	}
+	syncDir(filepath.Dir(dest))
+	return nil
+}
+
+// readPrevious reads dest before it is replaced.
+func readPrevious(dest string) (*previous, error) {
+	st, err := os.Stat(dest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &previous{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(dest)
+	if err != nil {
+		return nil, err
+	}
+	p := &previous{existed: true, content: b, mode: st.Mode().Perm(), uid: -1, gid: -1}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		p.uid, p.gid = int(sys.Uid), int(sys.Gid)
+	}
+	return p, nil
+}
+
+// install stages, compares, checks and renames one file; no reload. prev
+// is the destination as it was, when it was replaced.
+func (a *Applier) install(ctx context.Context, r Resource, rendered []byte) (changed bool, prev *previous, err error) {
 	log := a.logger.With("resource", r.Name, "dest", r.Dest)
 	mode, err := fileMode(r)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	uid, gid, err := owner(r)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	stage, err := writeStage(r.Dest, rendered)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	keep := a.g.KeepStageFile
 	defer func() {
@@ -173,7 +253,7 @@ func (a *Applier) install(ctx context.Context, r Resource, rendered []byte) (cha
 		}
 	}()
 	if err := os.Chmod(stage, mode); err != nil {
-		return false, fmt.Errorf("set mode of staged file: %w", err)
+		return false, nil, fmt.Errorf("set mode of staged file: %w", err)
 	}
 	if err := os.Chown(stage, uid, gid); err != nil {
 		// confd ignores this; the comparison below then sees the real owner.
@@ -182,43 +262,50 @@ func (a *Applier) install(ctx context.Context, r Resource, rendered []byte) (cha
 
 	same, why, err := sameFile(stage, r.Dest)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	if same {
 		log.Debug("target config in sync")
-		return false, nil
+		return false, nil, nil
 	}
 	log.Info("target config out of sync", "why", why)
 
 	if r.CheckCmd != "" && !a.g.SyncOnly {
 		cmd, err := expandCmd(r.CheckCmd, stage, r.Dest)
 		if err != nil {
-			return false, fmt.Errorf("check_cmd: %w", err)
+			return false, nil, fmt.Errorf("check_cmd: %w", err)
 		}
 		if err := a.run(ctx, "check_cmd", cmd); err != nil {
-			return false, fmt.Errorf("%w: %w", ErrCheckFailed, err)
+			return false, nil, fmt.Errorf("%w: %w", ErrCheckFailed, err)
 		}
 	}
 	if a.g.Noop {
 		log.Warn("noop mode: target config will not be modified")
-		return true, nil
+		return true, nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, nil, err // superseded or stopping: leave the destination alone
+	}
+	prev, err = readPrevious(r.Dest)
+	if err != nil {
+		return false, nil, fmt.Errorf("read %s before replacing it: %w", r.Dest, err)
 	}
 	if err := os.Rename(stage, r.Dest); err != nil {
 		if !errors.Is(err, syscall.EBUSY) {
-			return false, fmt.Errorf("install %s: %w", r.Dest, err)
+			return false, nil, fmt.Errorf("install %s: %w", r.Dest, err)
 		}
 		// The destination is a mount point (a bind-mounted file in a
 		// container): write it in place, as confd does.
 		log.Debug("rename failed, target is likely a mount; writing in place")
 		if err := writeInPlace(r.Dest, rendered, mode, uid, gid); err != nil {
-			return false, fmt.Errorf("install %s: %w", r.Dest, err)
+			return false, nil, fmt.Errorf("install %s: %w", r.Dest, err)
 		}
-		return true, nil
+		return true, prev, nil
 	}
 	stage = ""
 	syncDir(filepath.Dir(r.Dest))
 	log.Info("target config has been updated")
-	return true, nil
+	return true, prev, nil
 }
 
 // fileMode is confd's: mode parsed with base prefix, else the existing
@@ -359,6 +446,10 @@ func (a *Applier) run(ctx context.Context, what, cmd string) error {
 		err = nil // exited 0; something it started still holds the output
 	}
 	output := strings.TrimSpace(out.String())
+	if err != nil && ctx.Err() != nil {
+		a.logger.Debug(what+" stopped: the run was superseded or haconfd is stopping", "cmd", cmd)
+		return fmt.Errorf("%s %q: %w", what, cmd, ctx.Err())
+	}
 	if err != nil {
 		a.logger.Error(what+" failed", "cmd", cmd, "err", err, "output", output)
 		if output != "" {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/haconfd/haconfd/internal/confd"
 )
@@ -228,8 +229,11 @@ func TestApplyBatchCoalescesReloads(t *testing.T) {
 	if !errors.Is(err, confd.ErrReloadFailed) || res[3].Err == nil || res[0].Err != nil || !strings.Contains(err.Error(), `d: reload failed: reload_cmd "exit 3": exit status 3`) {
 		t.Errorf("err = %v; results %+v", err, res)
 	}
-	if got := readFile(t, filepath.Join(dir, "d.cfg")); got != "d" || !res[3].Changed {
-		t.Errorf("a failed reload must leave the new file: %q", got)
+	if _, err := os.Stat(filepath.Join(dir, "d.cfg")); !os.IsNotExist(err) {
+		t.Errorf("a failed reload of a new file must remove it again: %v", err)
+	}
+	if !strings.Contains(res[3].Err.Error(), "previous file restored") {
+		t.Errorf("the error does not say the file was restored: %v", res[3].Err)
 	}
 	// Only b changes now: the shared reload runs once for it alone.
 	jobs[1].Rendered = []byte("b2")
@@ -238,6 +242,64 @@ func TestApplyBatchCoalescesReloads(t *testing.T) {
 	}
 	if got := strings.Join(lines(t, log), " "); !strings.HasSuffix(got, "shared") || strings.Count(got, "shared") != 2 {
 		t.Errorf("reloads %q", got)
+	}
+}
+
+// A reload_cmd that fails puts the destination back as it was before
+// (content and mode), and says so; confd left the new file in place.
+func TestFailedReloadRestoresDest(t *testing.T) {
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(dest, []byte("good\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	r := confd.Resource{Name: "haproxy", Dest: dest, UID: -1, GID: -1, Mode: "0644", ReloadCmd: "echo nope >&2; exit 1"}
+	changed, err := confd.NewApplier(nil, confd.Global{}).Apply(context.Background(), r, []byte("new\n"))
+	if !errors.Is(err, confd.ErrReloadFailed) || !changed {
+		t.Fatalf("Apply = %v, %v; want ErrReloadFailed", changed, err)
+	}
+	if got := readFile(t, dest); got != "good\n" {
+		t.Fatalf("dest after a failed reload = %q, want the previous content", got)
+	}
+	if st, err := os.Stat(dest); err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("dest mode after restore = %v, %v; want 0640", st.Mode().Perm(), err)
+	}
+	if !strings.Contains(err.Error(), "previous file restored") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error %q should say, on one line, that the previous file is back", err)
+	}
+}
+
+// A run superseded (its context canceled) while reload_cmd runs lets the
+// reload finish: the destination was already replaced, and a reload cut
+// short would leave a file the service never loaded. A run canceled
+// before the destination is replaced leaves it alone.
+func TestCanceledRunFinishesItsReload(t *testing.T) {
+	dir := t.TempDir()
+	dest := filepath.Join(dir, "haproxy.cfg")
+	marker := filepath.Join(dir, "reloaded")
+	r := confd.Resource{Name: "haproxy", Dest: dest, UID: -1, GID: -1, Mode: "0644",
+		ReloadCmd: "sleep 0.3; echo reload >> " + marker}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	changed, err := confd.NewApplier(nil, confd.Global{}).Apply(ctx, r, []byte("new\n"))
+	if err != nil || !changed {
+		t.Fatalf("Apply canceled during reload_cmd = %v, %v; want the reload to finish", changed, err)
+	}
+	if got := readFile(t, marker); got != "reload\n" {
+		t.Fatalf("reload_cmd ran %q, want once, to its end", got)
+	}
+	if got := readFile(t, dest); got != "new\n" {
+		t.Fatalf("dest = %q, want the new content", got)
+	}
+
+	r.ReloadCmd = "echo reload >> " + marker
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if changed, err := confd.NewApplier(nil, confd.Global{}).Apply(done, r, []byte("newer\n")); !errors.Is(err, context.Canceled) || changed {
+		t.Fatalf("Apply with a canceled context = %v, %v; want context.Canceled and nothing changed", changed, err)
+	}
+	if got := readFile(t, dest); got != "new\n" {
+		t.Fatalf("dest after a canceled run = %q, want it left alone", got)
 	}
 }
 

@@ -60,6 +60,8 @@ func TestBadSettings(t *testing.T) {
 	out := filepath.Join(dir, "haproxy.cfg")
 	unknown := filepath.Join(dir, "unknown.yaml")
 	os.WriteFile(unknown, []byte("prefixx: /x\n"), 0o644)
+	existing := filepath.Join(dir, "exists.pem") // readable: only the pairing rule can complain
+	os.WriteFile(existing, []byte("x"), 0o644)
 	broken := filepath.Join(dir, "broken.yaml")
 	os.WriteFile(broken, []byte("prefix: [\n"), 0o644)
 	cases := []struct {
@@ -83,7 +85,8 @@ func TestBadSettings(t *testing.T) {
 		{"missing base", []string{"--base", "/nonexistent/b.cfg"}, nil, "--base"},
 		{"output dir missing", []string{"--output", "/nonexistent/dir/haproxy.cfg"}, nil, "--output: directory /nonexistent/dir does not exist"},
 		{"user without password", []string{"--etcd-username", "u"}, nil, "--etcd-username"},
-		{"cert without key", []string{"--etcd-cert", out}, nil, "--etcd-cert"},
+		{"cert without key", []string{"--etcd-cert", existing}, nil, "--etcd-cert: --etcd-cert and --etcd-key go together"},
+		{"key without cert", []string{"--etcd-key", existing}, nil, "--etcd-cert: --etcd-cert and --etcd-key go together"},
 		{"log format", []string{"--log-format", "xml"}, nil, "--log-format"},
 		{"max remove zero", []string{"--max-remove", "0"}, nil, "--max-remove"},
 		{"max remove above one", []string{"--max-remove", "1.5"}, nil, "--max-remove"},
@@ -148,5 +151,55 @@ func TestParseWait(t *testing.T) {
 				t.Fatalf("ParseWait(%q) = %v, %v, %v", tc.in, min, max, err)
 			}
 		})
+	}
+}
+
+// A command registers only its groups: a shared config file may hold
+// keys of other commands' groups (read and ignored), never a key of no
+// group; the groups' rules apply only to the registered ones.
+func TestGroups(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "shared.yaml")
+	os.WriteFile(file, []byte("ip: 10.0.0.9\noutput: /nonexistent/dir/haproxy.cfg\nwait: soon\n"), 0o644)
+	fs := pflag.NewFlagSet("register", pflag.ContinueOnError)
+	AddGroups(fs, nil, GroupEtcd, GroupWatch, GroupNode, GroupLog)
+	if fs.Lookup("output") != nil || fs.Lookup("ip") == nil || fs.Lookup("config") == nil {
+		t.Fatal("flags of other groups registered, or own ones missing")
+	}
+	if err := fs.Parse([]string{"--config", file}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(fs, nil)
+	if err != nil {
+		t.Fatalf("a run setting in the file failed register: %v", err)
+	}
+	if c.IP != "10.0.0.9" || len(c.Groups) != 4 {
+		t.Fatalf("loaded %+v", c)
+	}
+	// A default changed for one command.
+	fs = pflag.NewFlagSet("check", pflag.ContinueOnError)
+	AddGroups(fs, func(d *Config) { d.Listen = ":9200" }, GroupServe, GroupMySQL, GroupCheck, GroupLog)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Load(fs, []string{"HACONFD_MYSQL_DSN=u:p@tcp(127.0.0.1:1)/"})
+	if err != nil || c.Listen != ":9200" {
+		t.Fatalf("check defaults: %v %q", err, c.Listen)
+	}
+}
+
+// Each group's own rules look at no file: they hold for paths that do
+// not exist; the files are checked apart.
+func TestGroupRulesArePure(t *testing.T) {
+	r := Render{Bind: ":3306", CheckPort: "9200", Template: "/nonexistent/t.tmpl"}
+	var p problems
+	r.validate(&p)
+	if len(p) != 0 {
+		t.Fatalf("pure rules looked at the disk: %v", p)
+	}
+	c := Defaults()
+	c.Template = "/nonexistent/t.tmpl"
+	if errs := c.files(); len(errs) == 0 {
+		t.Fatal("files() did not report the missing template")
 	}
 }

@@ -71,7 +71,7 @@ func NewPublisher(cli *clientv3.Client, opts Options) (*Publisher, error) {
 		cli:    cli,
 		opts:   opts,
 		ttl:    int(math.Ceil(opts.TTL.Seconds())),
-		log:    log.With("component", "fleet"),
+		log:    log,
 		status: Report{Instance: opts.Instance, Started: time.Now()},
 		ready:  make(chan struct{}),
 	}, nil

@@ -198,72 +198,56 @@ func LatestChange(ctx context.Context, cli *clientv3.Client, prefixes []string) 
 	return max(rev, del), note, nil
 }
 
-// lastDelete watches prefixes from revision from until etcd reports
-// progress at head, and returns the newest deletion up to head.
+// lastDelete returns the newest deletion under prefixes in revisions
+// [from, head]. It watches the whole key space from revision from and
+// reads events until one at head or later arrives: a watch delivers
+// events in revision order, so every deletion up to head has been seen
+// then. It does not trust progress notifications: etcd 3.4.23 (Debian
+// 12's) may send one before a fresh watch has delivered past events
+// (etcd-io/etcd#15220, fixed by #15237), which made a recent delete look
+// absent.
 func lastDelete(ctx context.Context, cli *clientv3.Client, prefixes []string, from, head int64) (int64, string) {
 	wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), deleteScanTimeout)
 	defer cancel()
-	var last int64
-	var note string
-	pending := 0
-	type resp struct {
-		i  int
-		r  clientv3.WatchResponse
-		ok bool
-	}
-	merged := make(chan resp)
-	done := make(chan struct{})
-	defer close(done)
-	for i, p := range prefixes {
-		pending++
-		ch := cli.Watch(wctx, strings.TrimSuffix(p, "/")+"/", clientv3.WithPrefix(), clientv3.WithRev(from),
-			clientv3.WithFilterPut(), clientv3.WithProgressNotify())
-		go func() {
-			for {
-				r, ok := <-ch
-				select {
-				case merged <- resp{i, r, ok}:
-				case <-done:
-					return
-				}
-				if !ok {
-					return
-				}
+	under := func(key string) bool {
+		for _, p := range prefixes {
+			p = strings.TrimSuffix(p, "/")
+			if key == p || strings.HasPrefix(key, p+"/") {
+				return true
 			}
-		}()
+		}
+		return false
 	}
-	finished := make([]bool, len(prefixes))
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for pending > 0 {
+	var last int64
+	ch := cli.Watch(wctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(from))
+	for {
 		select {
 		case <-wctx.Done():
 			return last, fmt.Sprintf("deletions under %v after revision %d not all checked: %v", prefixes, from-1, wctx.Err())
-		case <-tick.C:
-			_ = cli.RequestProgress(wctx)
-		case m := <-merged:
-			if finished[m.i] {
-				continue
-			}
-			if !m.ok {
+		case r, ok := <-ch:
+			if !ok {
 				return last, fmt.Sprintf("deletions under %v after revision %d not all checked: watch closed", prefixes, from-1)
 			}
-			if m.r.CompactRevision != 0 {
-				note = fmt.Sprintf("deletions under %s before revision %d are compacted away", prefixes[m.i], m.r.CompactRevision)
-				finished[m.i] = true
-				pending--
-				continue
+			if r.CompactRevision != 0 {
+				return last, fmt.Sprintf("deletions under %v before revision %d are compacted away", prefixes, r.CompactRevision)
 			}
-			for _, ev := range m.r.Events {
-				if ev.Type == mvccpb.DELETE && ev.Kv.ModRevision <= head {
+			if err := r.Err(); err != nil {
+				return last, fmt.Sprintf("deletions under %v after revision %d not all checked: %v", prefixes, from-1, err)
+			}
+			reached := false
+			for _, ev := range r.Events { // one response holds a whole revision
+				if ev.Kv.ModRevision > head {
+					reached = true
+					continue
+				}
+				if ev.Type == mvccpb.DELETE && under(string(ev.Kv.Key)) {
 					last = max(last, ev.Kv.ModRevision)
 				}
+				reached = reached || ev.Kv.ModRevision == head
 			}
-			if m.r.Header.Revision >= head && (m.r.IsProgressNotify() || len(m.r.Events) > 0 && m.r.Events[len(m.r.Events)-1].Kv.ModRevision >= head) {
-				finished[m.i] = true
-				pending--
+			if reached {
+				return last, ""
 			}
 		}
 	}
-	return last, note
 }

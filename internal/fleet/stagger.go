@@ -77,7 +77,7 @@ func NewStagger(pub *Publisher, opts StaggerOptions) (*Stagger, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Stagger{pub: pub, opts: opts, log: log.With("component", "fleet")}, nil
+	return &Stagger{pub: pub, opts: opts, log: log}, nil
 }
 
 // Acquire is called right before a start or reload. It refuses

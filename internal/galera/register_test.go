@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"log/slog"
 	"strings"
 	"testing"
@@ -81,16 +82,9 @@ func (rr *running) stop(t *testing.T) error {
 // waitFor polls cond until it holds or 15 s pass.
 func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ok, got := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last: %s", what, got)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var got string
+	if err := testbed.Poll(15*time.Second, 20*time.Millisecond, func() (ok bool) { ok, got = cond(); return ok }); err != nil {
+		t.Fatalf("timed out waiting for %s; last: %s", what, got)
 	}
 }
 

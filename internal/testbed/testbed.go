@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -200,3 +203,29 @@ listen galera
     server {{ .Name }} {{ .Addr }}{{ if not .Synced }} disabled{{ end }}
 {{- end }}
 `
+
+// Eventually polls cond every 10ms until it holds, and fails the test
+// when it has not within timeout: the one way tests wait for an effect
+// (never a sleep). what names the awaited condition in the failure.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if err := Poll(timeout, 10*time.Millisecond, cond); err != nil {
+		t.Fatalf("%s: not within %s", what, timeout)
+	}
+}
+
+// NeedTool returns the path of the program name, and when it is not
+// installed skips the test, or fails it in CI (CI=true), where every tool
+// a test needs is installed: a test never skips silently there. hint
+// says how to install it.
+func NeedTool(t testing.TB, name, hint string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not installed (%s): required in CI", name, hint)
+		}
+		t.Skipf("%s is not installed here (%s)", name, hint)
+	}
+	return p
+}
