@@ -20,7 +20,7 @@ HAPROXY   := $${HACONFD_TEST_HAPROXY:-$$(command -v haproxy || echo /usr/sbin/ha
 HAPROXY_PKGS = $$($(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}} ' ./... | \
 	sed -n 's| \(.* \)*github.com/haconfd/haconfd/internal/testhaproxy .*||p')
 
-.PHONY: all build test demo bench lint deps fmt clean fuzz readme haproxy30
+.PHONY: all build test demo bench lint deps fmt clean fuzz readme haproxy30 dashboard
 
 FUZZTIME ?= 30s
 
@@ -67,6 +67,17 @@ bench: deps build
 	@if [ -x "$(HAPROXY30)" ]; then \
 		PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN) -haproxy $(HAPROXY30) -only "reload path,runtime path,churn,storm"; \
 	fi
+
+# The page's screenshots, docs/dashboard.png (a laptop, the whole page) and
+# docs/dashboard-phone.png (a phone's first screen), taken by the browser
+# end-to-end test (e2e TestPage); installs Debian's chromium when missing.
+dashboard: deps
+	@command -v chromium >/dev/null 2>&1 || \
+		{ echo "installing chromium from Debian's packages"; \
+		  $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium fonts-dejavu-core; }
+	@mkdir -p docs
+	PATH="$$PATH:/usr/sbin" HACONFD_PAGE_PNG=$(CURDIR)/docs/dashboard.png $(GO) test -count=1 -run '^TestPage$$' ./e2e
+	@echo "page: $$(wc -c < internal/app/page.html) bytes (internal/app/page.html); screenshots: $$(wc -c < docs/dashboard.png) and $$(wc -c < docs/dashboard-phone.png) bytes"
 
 # The flag reference in README.md, from the cobra commands.
 readme:

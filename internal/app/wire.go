@@ -275,11 +275,13 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		OnSnapshot: func(s watch.Snapshot) { recordSnapshot(board, bus, metrics, s) },
 	})
 	if cfg.Listen != "" && !cfg.Once {
-		addr, err := Serve(ctx, cfg.Listen, Handler(board, bus, metrics), logger)
+		page := newPage(cfg, board, bus, etcd.Client.Client, fl, logger)
+		go page.Run(ctx)
+		addr, err := Serve(ctx, cfg.Listen, page.Mount(Handler(board, bus, metrics)), logger)
 		if err != nil {
 			return err
 		}
-		logger.Info("serving /metrics /healthz /readyz /status /events", "listen", addr)
+		logger.Info("serving /metrics /healthz /readyz /status /events /servers, and the page: / /live /fleet /history /stream", "listen", addr)
 	}
 	if !cfg.Once {
 		go watchReloads(ctx, cfg, reload, target, logger.With("component", "reload"))
