@@ -60,13 +60,12 @@ test: deps lint
 demo: deps build
 	PATH="$$PATH:/usr/sbin" $(GO) run ./examples/demo -haconfd $(BIN)
 
-# The whole table against the machine's HAProxy, then the rows that
-# depend on HAProxy against 3.0 when it is installed.
+# The whole table against the machine's HAProxy; with 3.0 installed, the
+# rows that depend on HAProxy run again on it and a side-by-side table
+# follows.
 bench: deps build
-	PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN)
-	@if [ -x "$(HAPROXY30)" ]; then \
-		PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN) -haproxy $(HAPROXY30) -only "reload path,runtime path,churn,storm"; \
-	fi
+	@compare=; if [ -x "$(HAPROXY30)" ]; then compare="-compare $(HAPROXY30)"; fi; \
+	PATH="$$PATH:/usr/sbin" $(GO) run ./e2e/bench -haconfd $(BIN) $$compare
 
 # The page's screenshots, docs/dashboard.png (a laptop, the whole page) and
 # docs/dashboard-phone.png (a phone's first screen), taken by the browser

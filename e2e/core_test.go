@@ -127,6 +127,9 @@ defaults
 listen galera
     bind {{ .Vars.bind }}
     balance roundrobin
+{{- if exists "/lbtest/httplog" }}
+    option httplog
+{{- end }}
 {{- range .Nodes }}
     server {{ .Name }} {{ .Addr }}
 {{- end }}
@@ -261,4 +264,29 @@ func TestRenderDryRun(t *testing.T) {
 	if code := q.exited(30 * time.Second); code != 1 || !strings.Contains(q.Log(), "+    server n1 10.1.2.3:3307") {
 		t.Fatalf("render --from-file --diff: exit %d:\n%s", code, q.Log())
 	}
+}
+
+// What haproxy -c warns about a config that goes live (here an option
+// that does not fit a TCP section) is logged and shown in /status, and
+// cleared when a config without it goes live.
+func TestHAProxyWarningsSurface(t *testing.T) {
+	e := newEnv(t)
+	bs := backends(t, "db", 1)
+	e.putNode("db1", bs[0])
+	p := e.runWithTestTemplate()
+	e.eventually("serving", func(m map[string]int) bool { return m["db1"] > 0 && m["error"] == 0 })
+	addr := p.httpAddr()
+	if w := status(t, addr).HAProxy.Warnings; len(w) != 0 {
+		t.Fatalf("warnings before: %q", w)
+	}
+	e.put("/lbtest/httplog", "on")
+	p.waitLog("haproxy -c warns about the live config")
+	testbed.Eventually(t, 10*time.Second, "the warning in /status", func() bool {
+		w := status(t, addr).HAProxy.Warnings
+		return len(w) > 0 && strings.Contains(w[0], "'option httplog' not usable") && strings.Contains(w[0], "haproxy.cfg:")
+	})
+	e.del("/lbtest/httplog")
+	testbed.Eventually(t, 10*time.Second, "no warning in /status", func() bool {
+		return len(status(t, addr).HAProxy.Warnings) == 0
+	})
 }

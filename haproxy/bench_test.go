@@ -20,7 +20,7 @@ func BenchmarkPlan10k(b *testing.B) {
 	live, next := cfg(9999), cfg(10000)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		p, err := PlanChange(live, next)
+		p, err := PlanChange(live, next, Caps{})
 		if err != nil || p.Reload {
 			b.Fatalf("plan: %v %+v", err, p.Reasons)
 		}

@@ -44,8 +44,10 @@ func (p ServerPlan) Commands() []string {
 //
 // busy reports servers the caller is draining for removal: they are left
 // alone while they are not desired, and brought back (ready) when they are
-// desired again. busy may be nil.
-func PlanServers(running, desired []byte, live LiveState, busy func(backend, server string) bool) (ServerPlan, error) {
+// desired again. busy may be nil. caps are the running HAProxy's (a
+// server with a cookie is added at runtime only where "add server" takes
+// one).
+func PlanServers(running, desired []byte, live LiveState, busy func(backend, server string) bool, caps Caps) (ServerPlan, error) {
 	if busy == nil {
 		busy = func(string, string) bool { return false }
 	}
@@ -68,7 +70,7 @@ func PlanServers(running, desired []byte, live LiveState, busy func(backend, ser
 		if rs == nil || rs.kind != ds.kind {
 			continue // a new section: a reload adds it
 		}
-		a, u, r, pending := planSection(rs, ds, live[ds.name], busy)
+		a, u, r, pending := planSection(rs, ds, live[ds.name], busy, caps)
 		adds, updates, removes = append(adds, a...), append(updates, u...), append(removes, r...)
 		p.Pending = append(p.Pending, pending...)
 	}
@@ -77,7 +79,7 @@ func PlanServers(running, desired []byte, live LiveState, busy func(backend, ser
 	return p, nil
 }
 
-func planSection(rs, ds *section, live map[string]ServerState, busy func(string, string) bool) (adds, updates, removes []ServerOp, pending []string) {
+func planSection(rs, ds *section, live map[string]ServerState, busy func(string, string) bool, caps Caps) (adds, updates, removes []ServerOp, pending []string) {
 	where := ds.label()
 	backend := ds.name
 	dynamic, algo := rs.dynamicBalance()
@@ -91,7 +93,7 @@ func planSection(rs, ds *section, live map[string]ServerState, busy func(string,
 			if busy(backend, srv.name) {
 				continue // its removal is ending: planned again once it has
 			}
-			op, why := addOp(rs, srv, e, dynamic, algo)
+			op, why := addOp(rs, srv, e, dynamic, algo, caps)
 			if why != "" {
 				pending = append(pending, why)
 				continue

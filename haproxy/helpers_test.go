@@ -28,6 +28,10 @@ import (
 // there is none outside CI.
 var haproxyBin string
 
+// haproxyVersion is haproxyBin's version: the tests drive it with the
+// methods haconfd picks for it (Version.Caps).
+var haproxyVersion Version
+
 func TestMain(m *testing.M) {
 	b, err := testhaproxy.Announce("haproxy")
 	if err != nil {
@@ -35,6 +39,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	haproxyBin = b.Path
+	if haproxyBin != "" {
+		if haproxyVersion, err = BinaryVersion(context.Background(), haproxyBin); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -147,6 +157,7 @@ func newSite(t *testing.T, mutate func(*Options)) *site {
 		Settle:     100 * time.Millisecond,
 		Timeout:    10 * time.Second,
 		StopGrace:  2 * time.Second,
+		Version:    haproxyVersion,
 		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mutate != nil {

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +56,7 @@ type Options struct {
 	// every reload "show servers state" is written there atomically, so
 	// that the new process keeps what the runtime API did (drain, maint,
 	// health). Servers that the reload itself changes are left out of it.
-	// It is removed before a fresh start. Optional.
+	// It is emptied (no server) before a fresh start. Optional.
 	StateFile string
 	// Supervise runs HAProxy in master-worker mode as a child of this
 	// process ("haproxy -W -S MasterSocket,mode,660 -f ConfigPath", in the
@@ -63,6 +64,10 @@ type Options struct {
 	// reloads it through the master CLI, confirmed with "show proc".
 	Supervise    bool
 	MasterSocket string // master CLI socket path, required with Supervise
+	// Version is Bin's (BinaryVersion); its Caps choose how a supervised
+	// reload is confirmed and how servers are deleted. The zero value
+	// means 2.6's methods, which every supported version understands.
+	Version Version
 }
 
 // Action says what Apply did.
@@ -153,6 +158,35 @@ type Manager struct {
 	mu          sync.Mutex
 	adopted     bool // stale stage files swept and the predecessor's leftovers handled (first call)
 	forceReload bool // the running HAProxy must be reloaded even onto the same bytes
+
+	warnMu   sync.Mutex
+	warnings []string // what haproxy -c warned about the live file
+}
+
+// Warnings are the [WARNING] lines `haproxy -c` printed for the config
+// that went live last (Apply or Write), one line each ("file:line: msg").
+func (m *Manager) Warnings() []string {
+	m.warnMu.Lock()
+	defer m.warnMu.Unlock()
+	return slices.Clone(m.warnings)
+}
+
+// setWarnings records the warnings of the config that just went live and
+// logs them when they differ from the previous ones (not at every write).
+func (m *Manager) setWarnings(ws []ValidationError) {
+	lines := make([]string, 0, len(ws))
+	for _, w := range ws {
+		lines = append(lines, w.String())
+	}
+	m.warnMu.Lock()
+	changed := !slices.Equal(lines, m.warnings)
+	m.warnings = lines
+	m.warnMu.Unlock()
+	if changed {
+		for _, l := range lines {
+			m.log.Warn("haproxy -c warns about the live config", "warning", l)
+		}
+	}
 }
 
 // New checks opts and returns a Manager.
@@ -264,13 +298,21 @@ func (m *Manager) Check(ctx context.Context, cfg []byte) error {
 		return fmt.Errorf("check: %w", err)
 	}
 	defer func() { _ = os.Remove(stage) }()
-	return m.validate(ctx, stage)
+	_, err = m.validate(ctx, stage)
+	return err
 }
 
-func (m *Manager) validate(ctx context.Context, stage string) error {
+// validate runs haproxy -c on stage; alerts and warnings name ConfigPath.
+func (m *Manager) validate(ctx context.Context, stage string) ([]ValidationError, error) {
 	vctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
 	defer cancel()
-	err := Validate(vctx, m.opts.Bin, stage)
+	warnings, err := Validate(vctx, m.opts.Bin, stage)
+	for i := range warnings {
+		if warnings[i].File == stage {
+			warnings[i].File = m.opts.ConfigPath
+		}
+		warnings[i].Msg = strings.ReplaceAll(warnings[i].Msg, stage, m.opts.ConfigPath)
+	}
 	var ice *InvalidConfigError
 	if errors.As(err, &ice) {
 		for i := range ice.Errors {
@@ -279,9 +321,9 @@ func (m *Manager) validate(ctx context.Context, stage string) error {
 			}
 		}
 		ice.Output = strings.ReplaceAll(ice.Output, stage, m.opts.ConfigPath)
-		return ice
+		return nil, ice
 	}
-	return err
+	return warnings, err
 }
 
 // Live returns the live file's bytes; exists is false when there is none.
@@ -353,13 +395,15 @@ func (m *Manager) Write(ctx context.Context, next []byte) error {
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	if err := m.validate(ctx, stage); err != nil {
+	warnings, err := m.validate(ctx, stage)
+	if err != nil {
 		_ = os.Remove(stage)
 		return err
 	}
 	if err := commitStage(stage, m.opts.ConfigPath); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
+	m.setWarnings(warnings)
 	return nil
 }
 
@@ -435,7 +479,9 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 		}
 	}()
 	t0 := time.Now()
-	if err := m.validate(ctx, stage); err != nil {
+	m.ensureStateFile()
+	warnings, err := m.validate(ctx, stage)
+	if err != nil {
 		return Result{Action: ActionNone, OldPIDs: st.pids, Steps: res.Steps}, err
 	}
 	step("validate %s", time.Since(t0).Round(time.Millisecond))
@@ -481,6 +527,7 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 		res.PID = newPID
 		step("%s pid %d verified %s", res.Action, newPID, time.Since(t0).Round(time.Millisecond))
 		m.forceReload = false
+		m.setWarnings(warnings)
 		m.log.Debug("haproxy config applied", "action", res.Action, "pid", newPID, "old_pids", st.pids)
 		return res, nil
 	}
@@ -527,7 +574,7 @@ func (m *Manager) saveState(live, next []byte, st procState) (int, error) {
 	err := errors.New("stats socket does not answer")
 	if m.opts.Socket != "" && st.answering {
 		var rt *Runtime
-		rt, err = NewRuntime(m.opts.Socket, m.log)
+		rt, err = NewRuntime(m.opts.Socket, m.log, m.opts.Version.Caps())
 		if err == nil {
 			var data []byte
 			var kept int
@@ -548,12 +595,28 @@ func (m *Manager) saveState(live, next []byte, st procState) (int, error) {
 
 // dropStateFile removes StateFile (before a fresh start, or when it could
 // not be refreshed).
+// emptyState is a server-state file with no server: its version line.
+// HAProxy 2.6 warns about a server-state-file that does not exist, so
+// haconfd keeps this one there rather than none.
+const emptyState = "1\n"
+
 func (m *Manager) dropStateFile() {
 	if m.opts.StateFile == "" {
 		return
 	}
-	if err := removeDurable(m.opts.StateFile); err != nil {
-		m.log.Warn("remove server state file", "err", err)
+	if err := writeAtomic(m.opts.StateFile, []byte(emptyState)); err != nil {
+		m.log.Warn("empty server state file", "err", err)
+	}
+}
+
+// ensureStateFile creates an empty StateFile where there is none, so
+// that haproxy -c does not warn about it before the first start.
+func (m *Manager) ensureStateFile() {
+	if m.opts.StateFile == "" {
+		return
+	}
+	if _, err := os.Stat(m.opts.StateFile); errors.Is(err, os.ErrNotExist) {
+		m.dropStateFile()
 	}
 }
 

@@ -122,6 +122,32 @@ func TestSupervise(t *testing.T) {
 		t.Logf("failed reload: %v; rolled back in %v", err, res.Duration)
 	})
 
+	// A reload that fails before the fork (a listener that cannot be
+	// bound; haproxy -c does not bind): on 2.7+ the master's own answer
+	// says so (Success=0 and its alert), on 2.6 the failure counter of
+	// "show proc" does. Either way the previous file is back and the old
+	// worker serves.
+	t.Run("refused before fork: reported by the version's method", func(t *testing.T) {
+		good := readFile(t, s.cfg)
+		bad := append(bytes.Clone(good), fmt.Sprintf("listen unbindable\n    bind /nonexistent-dir/x.sock\n    server t 127.0.0.1:%d\n", b.port)...)
+		res, err := s.m.Apply(ctx, bad)
+		mustErrorIs(t, err, ErrStartFailed)
+		want := "show proc: failed"
+		if haproxyVersion.Caps().ReloadStatus {
+			want = "Success=0: " // followed by the alert
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("HAProxy %s: error %q does not come from the method for this version (want %q in it)", haproxyVersion, err, want)
+		}
+		if !res.RolledBack || !bytes.Equal(readFile(t, s.cfg), good) {
+			t.Fatalf("result = %+v, want rolled back to the previous file", res)
+		}
+		if got, err := dial(front); err != nil || (got != "a" && got != "b") {
+			t.Fatalf("client after the refused reload = %q, %v", got, err)
+		}
+		t.Logf("HAProxy %s: %v", haproxyVersion, err)
+	})
+
 	t.Run("master killed: restarted", func(t *testing.T) {
 		old := s.m.ctl.(*masterProc).masterPID()
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {

@@ -96,7 +96,7 @@ const waitPrefix = "# wait until "
 
 // refusedByAdd are server keywords that "add server" refuses and that
 // change what the server does: a server that needs one is not added at
-// runtime (reload instead).
+// runtime (reload instead). HAProxy 3.0 takes "cookie" (Caps.AddCookie).
 var refusedByAdd = []string{"cookie", "redir", "namespace", "socks4", "stick", "non-stick", "tcp-ut", "log-proto"}
 
 // droppedForAdd are keywords that "add server" refuses but that only
@@ -122,8 +122,9 @@ var droppedForAdd = []string{"init-addr", "resolvers", "resolve-prefer", "resolv
 // disabled), otherwise a reload with the reasons. prev nil (nothing runs
 // yet) plans a reload with reason "no running config". Comment and
 // blank-line differences change nothing. An error means a config could not
-// be read at all (haproxy -c is the judge of validity, not this).
-func PlanChange(prev, next []byte) (Plan, error) {
+// be read at all (haproxy -c is the judge of validity, not this). caps are
+// those of the HAProxy that runs prev (Version.Caps).
+func PlanChange(prev, next []byte, caps Caps) (Plan, error) {
 	if prev == nil {
 		return Plan{Reload: true, Reasons: []string{"no running config"}}, nil
 	}
@@ -149,7 +150,7 @@ func PlanChange(prev, next []byte) (Plan, error) {
 		if ps == nil {
 			continue // a new section: already a reason
 		}
-		a, u, r, reasons := diffServers(ps, ns)
+		a, u, r, reasons := diffServers(ps, ns, caps)
 		adds, updates, removes = append(adds, a...), append(updates, u...), append(removes, r...)
 		p.Reasons = append(p.Reasons, reasons...)
 	}
@@ -762,7 +763,7 @@ func otherOptions(opts []params.ServerOption) string {
 }
 
 // diffServers compares the servers of one proxy section.
-func diffServers(ps, ns *section) (adds, updates, removes []ServerOp, reasons []string) {
+func diffServers(ps, ns *section, caps Caps) (adds, updates, removes []ServerOp, reasons []string) {
 	where := ns.label()
 	for _, d := range ns.dupNames {
 		reasons = append(reasons, fmt.Sprintf("server %q defined twice in %s", d, where))
@@ -786,7 +787,7 @@ func diffServers(ps, ns *section) (adds, updates, removes []ServerOp, reasons []
 		}
 		e := ns.effective(srv)
 		if old == nil {
-			op, why := addOp(ns, srv, e, dynamic, algo)
+			op, why := addOp(ns, srv, e, dynamic, algo, caps)
 			if why != "" {
 				reasons = append(reasons, why)
 				continue
@@ -843,7 +844,7 @@ func addrString(s *server) string {
 	return ""
 }
 
-func addOp(ns *section, srv *server, e effective, dynamic bool, algo string) (ServerOp, string) {
+func addOp(ns *section, srv *server, e effective, dynamic bool, algo string, caps Caps) (ServerOp, string) {
 	where := ns.label()
 	switch {
 	case !dynamic:
@@ -857,6 +858,7 @@ func addOp(ns *section, srv *server, e effective, dynamic bool, algo string) (Se
 	for _, o := range e.opts {
 		n := optName(o)
 		switch {
+		case n == "cookie" && caps.AddCookie:
 		case slices.Contains(refusedByAdd, n):
 			return ServerOp{}, fmt.Sprintf("server %q added to %s needs %q, which add server refuses", srv.name, where, n)
 		case slices.Contains(droppedForAdd, n), n == "disabled", n == "enabled":

@@ -222,7 +222,7 @@ func TestPlanChange(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := PlanChange([]byte(tt.prev), []byte(tt.next))
+			p, err := PlanChange([]byte(tt.prev), []byte(tt.next), Caps{})
 			if err != nil {
 				t.Fatalf("PlanChange = %v", err)
 			}
@@ -261,7 +261,7 @@ func TestPlanChange(t *testing.T) {
 }
 
 func TestPlanFirstStart(t *testing.T) {
-	p, err := PlanChange(nil, []byte(planBase))
+	p, err := PlanChange(nil, []byte(planBase), Caps{})
 	if err != nil || !p.Reload || !slices.Equal(p.Reasons, []string{"no running config"}) {
 		t.Fatalf("PlanChange(nil) = %+v, %v", p, err)
 	}
@@ -269,7 +269,7 @@ func TestPlanFirstStart(t *testing.T) {
 
 func TestPlanBadInput(t *testing.T) {
 	for _, line := range []string{"    server lonely\n", "    server\n", "\tserver  # only a comment\n"} {
-		_, err := PlanChange([]byte(planBase), []byte(planBase+line))
+		_, err := PlanChange([]byte(planBase), []byte(planBase+line), Caps{})
 		if err == nil || !strings.Contains(err.Error(), "line 15: server line needs a name and an address") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: PlanChange = %v, want a one-line error naming line 15", line, err)
 		}
@@ -283,7 +283,7 @@ func TestPlanNormalizesLines(t *testing.T) {
 	if messy == planBase {
 		t.Fatal("replacer changed nothing")
 	}
-	p, err := PlanChange([]byte(planBase), []byte(messy))
+	p, err := PlanChange([]byte(planBase), []byte(messy), Caps{})
 	if err != nil || p.Reload || len(p.Ops) != 0 {
 		t.Fatalf("PlanChange(clean, messy) = %+v, %v; want nothing to do", p, err)
 	}
@@ -296,7 +296,7 @@ func TestPlanNormalizesLines(t *testing.T) {
 }
 
 func TestPlanStringAndJSON(t *testing.T) {
-	p, err := PlanChange([]byte(planBase), []byte(planBase+"    server n3 10.0.0.3:3306\n"))
+	p, err := PlanChange([]byte(planBase), []byte(planBase+"    server n3 10.0.0.3:3306\n"), Caps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestPlanStringAndJSON(t *testing.T) {
 			t.Errorf("JSON %s lacks %s", b, want)
 		}
 	}
-	r, _ := PlanChange([]byte(planBase), []byte(strings.Replace(planBase, "leastconn", "first", 1)))
+	r, _ := PlanChange([]byte(planBase), []byte(strings.Replace(planBase, "leastconn", "first", 1)), Caps{})
 	b, _ = json.Marshal(r)
 	if !strings.Contains(string(b), `"reload":true,"reasons":["\"balance\" changed in listen galera"]`) {
 		t.Errorf("JSON = %s", b)

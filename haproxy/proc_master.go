@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -293,6 +294,13 @@ func (m *masterProc) launch(ctx context.Context, old procState) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%w: before reload: %v", ErrStartFailed, err)
 	}
+	if m.opts.Version.Caps().ReloadStatus {
+		pid, err := m.reloadWithStatus(ctx, before.workers)
+		if err != nil {
+			return 0, err
+		}
+		return pid, m.verifySupervised(ctx, p, pid)
+	}
 	// The master closes its socket while it re-executes: retry briefly.
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -310,6 +318,78 @@ func (m *masterProc) launch(ctx context.Context, old procState) (int, error) {
 		return 0, err
 	}
 	return pid, m.verifySupervised(ctx, p, pid)
+}
+
+// reloadWithStatus reloads through the master CLI of HAProxy 2.7+, which
+// answers once the new worker is up or has failed: "Success=1" or
+// "Success=0", "--", then the startup logs. A failure carries its
+// [ALERT] lines; a success names the new worker ("New worker (PID)
+// forked"), else one "show proc" finds it.
+func (m *masterProc) reloadWithStatus(ctx context.Context, old []int) (int, error) {
+	rctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
+	defer cancel()
+	reply, err := masterCommand(rctx, m.opts.MasterSocket, "reload")
+	if err != nil {
+		return 0, fmt.Errorf("%w: master reload: %v", ErrStartFailed, err)
+	}
+	if strings.TrimSpace(reply) == "" {
+		// The master closed the connection without a word: it exits
+		// (its new worker died and exit-on-failure ends everything).
+		return 0, fmt.Errorf("%w: master reload: no answer, the master is exiting%s", ErrStartFailed, m.lastAlertSuffix())
+	}
+	ok, logs, err := parseReloadStatus(reply)
+	if err != nil {
+		return 0, fmt.Errorf("%w: master reload: %v", ErrStartFailed, err)
+	}
+	m.log.Debug("master reload answered", "method", "reload status", "success", ok)
+	if !ok {
+		why := firstAlert(logs)
+		if why == "" {
+			why = "no [ALERT] in the startup logs"
+		}
+		return 0, fmt.Errorf("%w: master reload: Success=0: %s", ErrStartFailed, why)
+	}
+	if pid := newWorkerPID(logs); pid > 0 && !slices.Contains(old, pid) {
+		return pid, nil
+	}
+	pi, err := m.showProc(rctx)
+	if err != nil {
+		return 0, fmt.Errorf("%w: after reload: %v", ErrStartFailed, err)
+	}
+	for _, w := range pi.workers {
+		if !slices.Contains(old, w) {
+			return w, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: master reload answered Success=1 but show proc lists no new worker (workers %v)", ErrStartFailed, pi.workers)
+}
+
+// parseReloadStatus reads the master CLI's answer to "reload" (2.7+):
+// "Success=1" or "Success=0", a "--" line, then the startup logs.
+func parseReloadStatus(reply string) (ok bool, logs string, err error) {
+	first, rest, _ := strings.Cut(strings.TrimLeft(reply, "\r\n"), "\n")
+	switch strings.TrimSpace(first) {
+	case "Success=1":
+		ok = true
+	case "Success=0":
+	default:
+		return false, "", fmt.Errorf("answer %s is not Success=0 or Success=1", quoteStart(first))
+	}
+	rest = strings.TrimPrefix(strings.TrimLeft(rest, "\r\n"), "--")
+	return ok, strings.TrimLeft(rest, "\r\n"), nil
+}
+
+// newWorkerPattern matches the master's "New worker (1234) forked".
+var newWorkerPattern = regexp.MustCompile(`New worker \(([0-9]+)\) forked`)
+
+// newWorkerPID is the pid the startup logs name as the new worker, or 0.
+func newWorkerPID(logs string) int {
+	m := newWorkerPattern.FindAllStringSubmatch(logs, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(m[len(m)-1][1])
+	return pid
 }
 
 // waitWorker polls "show proc" until a worker that is not one of old

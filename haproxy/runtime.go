@@ -35,8 +35,12 @@ func (e *RuntimeError) Is(target error) bool { return target == ErrRuntimeRefuse
 const drainPoll = 10 * time.Millisecond
 
 // delRetry bounds how long "del server" is retried while HAProxy still
-// counts connections on a server in MAINT.
+// counts connections on a server in MAINT (HAProxy 2.6).
 const delRetry = time.Second
+
+// waitRemovable bounds one "wait <ms> srv-removable" (HAProxy 3.0+), well
+// under the runtime client's 30 s per command.
+const waitRemovable = 5 * time.Second
 
 // Runtime is a client of HAProxy's runtime API (the admin stats socket),
 // through client-native's runtime client, which prefixes each line with
@@ -47,11 +51,13 @@ type Runtime struct {
 	rt     *runtime.SingleRuntime
 	socket string
 	log    *slog.Logger
+	caps   Caps
 }
 
 // NewRuntime returns a client of the stats socket at socket; it does not
-// connect until a command is sent.
-func NewRuntime(socket string, log *slog.Logger) (*Runtime, error) {
+// connect until a command is sent. caps are the running HAProxy's
+// (Version.Caps): they choose how a server is deleted.
+func NewRuntime(socket string, log *slog.Logger, caps Caps) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -59,13 +65,14 @@ func NewRuntime(socket string, log *slog.Logger) (*Runtime, error) {
 	if err := rt.Init(socket, 0, 0, options.RuntimeOptions{DoNotCheckRuntimeOnInit: true}); err != nil {
 		return nil, fmt.Errorf("runtime API on %s: %w", socket, err)
 	}
-	return &Runtime{rt: rt, socket: socket, log: log}, nil
+	return &Runtime{rt: rt, socket: socket, log: log, caps: caps}, nil
 }
 
 // Exec sends one line (commands joined with ';' run in order, in one
 // round trip) and parses the reply: any reply line with severity 0-3
 // makes a *RuntimeError.
 func (r *Runtime) Exec(line string) (string, error) {
+	r.log.Debug("runtime command", "line", line)
 	reply, err := r.rt.ExecuteRaw(line)
 	if err != nil {
 		return "", fmt.Errorf("runtime API %q on %s: %w", line, r.socket, err)
@@ -230,9 +237,13 @@ func (r *Runtime) drain(ctx context.Context, backend, server string, timeout tim
 	}
 }
 
-// del deletes a server in MAINT, retrying briefly while HAProxy still
-// counts connections on it.
+// del deletes a server in MAINT: on HAProxy 3.0+ after "wait
+// srv-removable" (delAfterWait), before that by retrying briefly while
+// HAProxy still counts connections on it.
 func (r *Runtime) del(backend, server string) error {
+	if r.caps.WaitRemovable {
+		return r.delAfterWait(backend, server)
+	}
 	id := backend + "/" + server
 	deadline := time.Now().Add(delRetry)
 	for {
@@ -249,6 +260,36 @@ func (r *Runtime) del(backend, server string) error {
 		}
 		time.Sleep(drainPoll)
 	}
+}
+
+// delAfterWait is HAProxy 3.0's documented removal of a server in MAINT:
+// "wait srv-removable" blocks until no connection is left (at most
+// waitRemovable), then "del server". Connections that outlast the wait
+// are shut down and waited for once more.
+func (r *Runtime) delAfterWait(backend, server string) error {
+	id := backend + "/" + server
+	wait := fmt.Sprintf("wait %d srv-removable %s", waitRemovable.Milliseconds(), id)
+	for attempt := 1; ; attempt++ {
+		reply, err := r.Exec(wait)
+		if err != nil && gone(err) {
+			return err
+		}
+		if err == nil && strings.Contains(reply, "Done") {
+			break
+		}
+		if attempt == 2 {
+			if err == nil {
+				err = fmt.Errorf("%q answered %q", wait, strings.TrimSpace(reply))
+			}
+			return fmt.Errorf("del server %s: not removable: %w", id, err)
+		}
+		r.log.Info("connections outlast wait srv-removable: shutting them down", "backend", backend, "server", server)
+		if _, err := r.Exec("shutdown sessions server " + id); err != nil {
+			return err
+		}
+	}
+	_, err := r.Exec("del server " + id)
+	return err
 }
 
 // serversState returns "show servers state" with only the lines of servers

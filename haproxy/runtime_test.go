@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -52,6 +53,34 @@ type fastResult struct {
 	plan     ServerPlan
 	commands int
 	took     time.Duration // until the last command was answered (drains excluded)
+	sent     []string      // every line sent to the runtime API, drains included
+}
+
+// lineLog collects the "runtime command" lines a Runtime logs.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *lineLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "line" {
+			l.mu.Lock()
+			l.lines = append(l.lines, a.Value.String())
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+func (l *lineLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *lineLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *lineLog) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.lines)
 }
 
 // applyFast does what haconfd's fast lane does with next: plan against
@@ -60,7 +89,8 @@ type fastResult struct {
 // when the plan needs a reload.
 func applyFast(t *testing.T, s *site, next []byte, drain time.Duration) fastResult {
 	t.Helper()
-	rt, err := NewRuntime(s.sock, nil)
+	sent := &lineLog{}
+	rt, err := NewRuntime(s.sock, slog.New(sent), haproxyVersion.Caps())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +103,7 @@ func applyFast(t *testing.T, s *site, next []byte, drain time.Duration) fastResu
 		t.Fatal(err)
 	}
 	start := time.Now()
-	plan, err := PlanServers(running, next, live, nil)
+	plan, err := PlanServers(running, next, live, nil, haproxyVersion.Caps())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +127,7 @@ func applyFast(t *testing.T, s *site, next []byte, drain time.Duration) fastResu
 			t.Fatalf("drain %s/%s: %v", op.Backend, op.Server, err)
 		}
 	}
+	res.sent = sent.all()
 	if err := s.m.Write(t.Context(), next); err != nil {
 		t.Fatal(err)
 	}
@@ -109,14 +140,20 @@ func applyFast(t *testing.T, s *site, next []byte, drain time.Duration) fastResu
 // serverStates returns "show servers state" lines of backend db by server name.
 func serverStates(t *testing.T, sock string) map[string][]string {
 	t.Helper()
-	reply, err := socketCommand(t.Context(), sock, "show servers state db")
+	return serverStatesOf(t, sock, "db")
+}
+
+// serverStatesOf returns "show servers state" lines of backend by server name.
+func serverStatesOf(t *testing.T, sock, backend string) map[string][]string {
+	t.Helper()
+	reply, err := socketCommand(t.Context(), sock, "show servers state "+backend)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := make(map[string][]string)
 	for _, l := range strings.Split(string(reply), "\n") {
 		f := strings.Fields(l)
-		if len(f) > 5 && f[1] == "db" {
+		if len(f) > 5 && f[1] == backend {
 			out[f[3]] = f
 		}
 	}
@@ -271,8 +308,14 @@ func TestRuntimeRemoveDrains(t *testing.T) {
 	defer func() { _ = held.Close() }()
 
 	start := time.Now()
-	applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), 300*time.Millisecond)
+	fr := applyFast(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), 300*time.Millisecond)
 	took := time.Since(start)
+	// The removal method is the version's: HAProxy 3.0 documents "wait
+	// srv-removable" before "del server"; 2.6 has no such command.
+	waited := slices.ContainsFunc(fr.sent, func(l string) bool { return strings.HasPrefix(l, "wait ") && strings.Contains(l, "srv-removable db/h") })
+	if waited != haproxyVersion.Caps().WaitRemovable {
+		t.Fatalf("HAProxy %s: wait srv-removable sent = %v, want %v; sent:\n%s", haproxyVersion, waited, !waited, strings.Join(fr.sent, "\n"))
+	}
 	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
 		t.Fatalf("pids %v, want [%d]", pids, pid)
 	}
@@ -330,13 +373,13 @@ func TestRuntimeRefusal(t *testing.T) {
 	a := startBackend(t, "a")
 	front := freePort(t)
 	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}), ActionStart)
-	rt, err := NewRuntime(s.sock, nil)
+	rt, err := NewRuntime(s.sock, nil, haproxyVersion.Caps())
 	if err != nil {
 		t.Fatal(err)
 	}
 	live, _ := rt.ServersState()
 	running, _, _ := s.m.Live()
-	plan, err := PlanServers(running, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"t", a.port, "track db/nosuch"}), live, nil)
+	plan, err := PlanServers(running, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""}, rtServer{"t", a.port, "track db/nosuch"}), live, nil, haproxyVersion.Caps())
 	if err != nil || len(plan.Ops) != 1 {
 		t.Fatalf("plan = %+v, %v", plan, err)
 	}

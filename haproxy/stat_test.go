@@ -59,7 +59,7 @@ func TestRuntimeStat(t *testing.T) {
 	a, b := startBackend(t, "a"), startBackend(t, "b")
 	front := freePort(t)
 	mustApply(t, s, s.rtConfig(front, "roundrobin", rtServer{"a", a.port, "check"}, rtServer{"b", b.port, ""}), ActionStart)
-	rt, err := NewRuntime(s.sock, nil)
+	rt, err := NewRuntime(s.sock, nil, haproxyVersion.Caps())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,15 +12,22 @@ import (
 )
 
 // Validate runs `bin -c -f path` and returns nil when HAProxy accepts the
-// file, an *InvalidConfigError (errors.Is ErrInvalidConfig) when it refuses
-// it, or another error when HAProxy could not be run at all.
-func Validate(ctx context.Context, bin, path string) error {
+// file, with the [WARNING] lines it printed (a deprecated keyword, an
+// option ignored in this mode...), an *InvalidConfigError (errors.Is
+// ErrInvalidConfig) when it refuses it, or another error when HAProxy
+// could not be run at all.
+func Validate(ctx context.Context, bin, path string) ([]ValidationError, error) {
 	cmd := exec.CommandContext(ctx, bin, "-c", "-f", path)
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
 	if err == nil {
-		return nil
+		return ParseWarnings(string(out)), nil
 	}
+	return nil, invalid(ctx, bin, path, out, err)
+}
+
+// invalid turns a failed `haproxy -c` into the error Validate returns.
+func invalid(ctx context.Context, bin, path string, out []byte, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return fmt.Errorf("validate %s: %w", path, ctxErr)
 	}
@@ -35,7 +42,27 @@ func Validate(ctx context.Context, bin, path string) error {
 	return &InvalidConfigError{Errors: errs, Output: string(out)}
 }
 
+// ParseWarnings extracts the [WARNING] lines of HAProxy output, in order,
+// as ParseAlerts does for alerts; the closing "Warnings were found."
+// repeats them and is dropped.
+func ParseWarnings(output string) []ValidationError {
+	var out []ValidationError
+	for _, raw := range strings.Split(output, "\n") {
+		line := strings.TrimSpace(raw)
+		loc := warningPrefix.FindStringIndex(line)
+		if loc == nil {
+			continue
+		}
+		if v, ok := parseAlert(line[loc[1]:]); ok && !strings.HasPrefix(v.Msg, "Warnings were found") {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 var (
+	// "[WARNING]  (1234) : rest", as alertPrefix.
+	warningPrefix = regexp.MustCompile(`^\[WARNING\]\s*(?:\d+/\d+\s*)?(?:\(\d+\)\s*)?:\s*`)
 	// "[ALERT]    (1234) : rest", "[ALERT] 123/045612 (1234) : rest" (HAProxy < 2.4),
 	// "[ALERT] (1234) : rest".
 	alertPrefix = regexp.MustCompile(`^\[ALERT\]\s*(?:\d+/\d+\s*)?(?:\(\d+\)\s*)?:\s*`)

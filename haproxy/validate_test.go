@@ -151,12 +151,24 @@ func TestValidate(t *testing.T) {
 	bad := write("bad.cfg", "defaults\n    mode tcp\nlisten x\n    bind 127.0.0.1:"+itoa(port)+"\n    bogus keyword\n    frobnicate yes\n")
 
 	t.Run("good", func(t *testing.T) {
-		if err := Validate(t.Context(), haproxyBin, good); err != nil {
-			t.Fatalf("Validate(good) = %v", err)
+		if w, err := Validate(t.Context(), haproxyBin, good); err != nil || len(w) != 0 {
+			t.Fatalf("Validate(good) = %v, %v", w, err)
+		}
+	})
+	// Warnings are returned, one per [WARNING], with file and line when
+	// HAProxy names them; the config is still accepted.
+	t.Run("warnings", func(t *testing.T) {
+		warn := write("warn.cfg", "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\nlisten x\n    bind 127.0.0.1:"+itoa(port)+"\n    option httplog\n    server s1 127.0.0.1:1\n")
+		w, err := Validate(t.Context(), haproxyBin, warn)
+		if err != nil || len(w) == 0 {
+			t.Fatalf("Validate(warn) = %v, %v; want warnings", w, err)
+		}
+		if w[0].File != warn || w[0].Line != 8 || !strings.Contains(w[0].Msg, "'option httplog' not usable") {
+			t.Fatalf("first warning = %+v", w[0])
 		}
 	})
 	t.Run("bad keyword", func(t *testing.T) {
-		err := Validate(t.Context(), haproxyBin, bad)
+		_, err := Validate(t.Context(), haproxyBin, bad)
 		mustErrorIs(t, err, ErrInvalidConfig)
 		var ice *InvalidConfigError
 		if !errors.As(err, &ice) {
@@ -180,14 +192,14 @@ func TestValidate(t *testing.T) {
 		}
 	})
 	t.Run("missing file", func(t *testing.T) {
-		err := Validate(t.Context(), haproxyBin, filepath.Join(dir, "nope.cfg"))
+		_, err := Validate(t.Context(), haproxyBin, filepath.Join(dir, "nope.cfg"))
 		mustErrorIs(t, err, ErrInvalidConfig)
 		if !strings.Contains(err.Error(), "Cannot open configuration file") {
 			t.Errorf("error = %v", err)
 		}
 	})
 	t.Run("missing binary", func(t *testing.T) {
-		err := Validate(t.Context(), filepath.Join(dir, "no-haproxy"), good)
+		_, err := Validate(t.Context(), filepath.Join(dir, "no-haproxy"), good)
 		if err == nil || errors.Is(err, ErrInvalidConfig) {
 			t.Fatalf("error = %v, want a run error that is not ErrInvalidConfig", err)
 		}
@@ -195,7 +207,7 @@ func TestValidate(t *testing.T) {
 	t.Run("canceled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
-		err := Validate(ctx, haproxyBin, good)
+		_, err := Validate(ctx, haproxyBin, good)
 		mustErrorIs(t, err, context.Canceled)
 	})
 }
@@ -227,7 +239,7 @@ func TestValidateRealAlerts(t *testing.T) {
 			if err := os.WriteFile(p, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			err := Validate(t.Context(), haproxyBin, p)
+			_, err := Validate(t.Context(), haproxyBin, p)
 			var ice *InvalidConfigError
 			if !errors.As(err, &ice) {
 				t.Fatalf("Validate = %v, want *InvalidConfigError", err)

@@ -13,11 +13,58 @@ import (
 	"time"
 )
 
-// Version is an HAProxy release, as `haproxy -v` names it. Values compare
-// with == and order with Compare; a development or release-candidate
-// build ("3.1-dev5") counts as its branch's first release (3.1.0).
+// Version is an HAProxy release, as `haproxy -v` names it. Values order
+// with Compare; a development or release-candidate build ("3.1-dev5")
+// counts as its branch's first release (3.1.0).
 type Version struct {
 	Major, Minor, Patch int
+	// Build is the version as printed ("2.6.12-1+deb12u4"), for people;
+	// Compare ignores it.
+	Build string
+}
+
+// Caps are what an HAProxy release offers beyond 2.6, the oldest haconfd
+// runs on, that changes how haconfd applies a change. The zero value is
+// 2.6's.
+type Caps struct {
+	// AddCookie (3.0+): "add server" takes "cookie"; on 2.6 a server
+	// with a cookie is added by a reload.
+	AddCookie bool
+	// WaitRemovable (3.0+): "wait <ms> srv-removable <srv>" blocks until
+	// a server in maintenance has no connection left, so "del server"
+	// follows at once; on 2.6 haconfd retries "del server" while HAProxy
+	// still counts connections on it.
+	WaitRemovable bool
+	// ReloadStatus (2.7+): the master CLI "reload" answers once the new
+	// worker is up or has failed, "Success=1" or "Success=0" followed by
+	// the startup logs; on 2.6 it answers nothing and haconfd polls
+	// "show proc" for a new worker and the failure counter.
+	ReloadStatus bool
+}
+
+// Caps returns what v offers (see Caps).
+func (v Version) Caps() Caps {
+	return Caps{
+		AddCookie:     v.AtLeast(3, 0),
+		WaitRemovable: v.AtLeast(3, 0),
+		ReloadStatus:  v.AtLeast(2, 7),
+	}
+}
+
+// Methods names the method haconfd uses for each capability, for logs
+// and /status: "add server with cookie" or "reload for cookie", ...
+func (c Caps) Methods() []string {
+	pick := func(ok bool, yes, no string) string {
+		if ok {
+			return yes
+		}
+		return no
+	}
+	return []string{
+		pick(c.ReloadStatus, "master reload: Success= answer", "master reload: show proc polled"),
+		pick(c.WaitRemovable, "del server after wait srv-removable", "del server retried while connections remain"),
+		pick(c.AddCookie, "add server with cookie", "server with cookie: reload"),
+	}
 }
 
 // MinMajor and MinMinor name the oldest HAProxy branch haconfd runs on.
@@ -32,7 +79,11 @@ var ErrVersion = errors.New("no HAProxy version")
 // ErrUnsupportedVersion marks an HAProxy older than MinMajor.MinMinor.
 var ErrUnsupportedVersion = errors.New("unsupported HAProxy version")
 
+// String is the version as printed when known, else Major.Minor.Patch.
 func (v Version) String() string {
+	if v.Build != "" {
+		return v.Build
+	}
 	return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch)
 }
 
@@ -75,7 +126,7 @@ func ParseVersion(out string) (Version, error) {
 		if m == nil {
 			continue
 		}
-		var v Version
+		v := Version{Build: buildOf(line)}
 		v.Major, _ = strconv.Atoi(m[1])
 		v.Minor, _ = strconv.Atoi(m[2])
 		if m[3] != "" {
@@ -84,6 +135,15 @@ func ParseVersion(out string) (Version, error) {
 		return v, nil
 	}
 	return Version{}, fmt.Errorf("%w: printed %s, not a line like \"HAProxy version 2.6.12 ...\"", ErrVersion, quoteStart(out))
+}
+
+// buildOf is the version word of a "HAProxy version X ..." line.
+func buildOf(line string) string {
+	f := strings.Fields(line)
+	if len(f) < 3 {
+		return ""
+	}
+	return f[2]
 }
 
 // quoteStart quotes the first line of out, cut at 80 bytes.

@@ -16,15 +16,15 @@ func TestParseVersion(t *testing.T) {
 		want    Version
 		wantErr string
 	}{
-		{"debian 12", "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/\nStatus: long-term supported branch - will stop receiving fixes around Q2 2027.\n", Version{2, 6, 12}, ""},
-		{"debian 13", "HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\n", Version{3, 0, 11}, ""},
-		{"upstream", "HAProxy version 3.2.4 2025/08/13 - https://haproxy.org/\n", Version{3, 2, 4}, ""},
-		{"dev build", "HAProxy version 3.1-dev5-0f0d2b5 2024/08/01 - https://haproxy.org/\n", Version{3, 1, 0}, ""},
-		{"backport", "HAProxy version 3.2.0-1~bpo12+1 2025/05/28 - https://haproxy.org/\n", Version{3, 2, 0}, ""},
-		{"ubuntu 2.4", "HAProxy version 2.4.22-0ubuntu0.22.04.3 2023/08/09 - https://haproxy.org/\n", Version{2, 4, 22}, ""},
-		{"1.x spelling", "HA-Proxy version 1.8.19 2019/02/11\nCopyright 2000-2019 Willy Tarreau <willy@haproxy.org>\n", Version{1, 8, 19}, ""},
-		{"-vv, after a notice", "[NOTICE] something\nHAProxy version 2.8.5 2023/12/07 - https://haproxy.org/\nBuild options :\n", Version{2, 8, 5}, ""},
-		{"CRLF", "HAProxy version 2.9.1 2023/12/14\r\n", Version{2, 9, 1}, ""},
+		{"debian 12", "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/\nStatus: long-term supported branch - will stop receiving fixes around Q2 2027.\n", Version{Major: 2, Minor: 6, Patch: 12}, ""},
+		{"debian 13", "HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\n", Version{Major: 3, Minor: 0, Patch: 11}, ""},
+		{"upstream", "HAProxy version 3.2.4 2025/08/13 - https://haproxy.org/\n", Version{Major: 3, Minor: 2, Patch: 4}, ""},
+		{"dev build", "HAProxy version 3.1-dev5-0f0d2b5 2024/08/01 - https://haproxy.org/\n", Version{Major: 3, Minor: 1, Patch: 0}, ""},
+		{"backport", "HAProxy version 3.2.0-1~bpo12+1 2025/05/28 - https://haproxy.org/\n", Version{Major: 3, Minor: 2, Patch: 0}, ""},
+		{"ubuntu 2.4", "HAProxy version 2.4.22-0ubuntu0.22.04.3 2023/08/09 - https://haproxy.org/\n", Version{Major: 2, Minor: 4, Patch: 22}, ""},
+		{"1.x spelling", "HA-Proxy version 1.8.19 2019/02/11\nCopyright 2000-2019 Willy Tarreau <willy@haproxy.org>\n", Version{Major: 1, Minor: 8, Patch: 19}, ""},
+		{"-vv, after a notice", "[NOTICE] something\nHAProxy version 2.8.5 2023/12/07 - https://haproxy.org/\nBuild options :\n", Version{Major: 2, Minor: 8, Patch: 5}, ""},
+		{"CRLF", "HAProxy version 2.9.1 2023/12/14\r\n", Version{Major: 2, Minor: 9, Patch: 1}, ""},
 		{"garbage", "this is not haproxy\n", Version{}, `no HAProxy version: printed "this is not haproxy", not a line like "HAProxy version 2.6.12 ..."`},
 		{"empty", "", Version{}, `no HAProxy version: printed nothing, not a line like "HAProxy version 2.6.12 ..."`},
 		{"no number", "HAProxy version unknown\n", Version{}, `no HAProxy version: printed "HAProxy version unknown", not a line like "HAProxy version 2.6.12 ..."`},
@@ -41,7 +41,7 @@ func TestParseVersion(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tc.want {
+			if err != nil || got.Compare(tc.want) != 0 {
 				t.Fatalf("ParseVersion = %v, %v; want %v", got, err, tc.want)
 			}
 		})
@@ -53,11 +53,11 @@ func TestVersionOrder(t *testing.T) {
 		v, w Version
 		want int
 	}{
-		{Version{2, 6, 12}, Version{2, 6, 12}, 0},
-		{Version{2, 6, 12}, Version{3, 0, 0}, -1},
-		{Version{2, 10, 0}, Version{2, 9, 9}, 1}, // numeric, not lexical
-		{Version{3, 0, 2}, Version{3, 0, 11}, -1},
-		{Version{3, 0, 0}, Version{2, 99, 99}, 1},
+		{Version{Major: 2, Minor: 6, Patch: 12}, Version{Major: 2, Minor: 6, Patch: 12}, 0},
+		{Version{Major: 2, Minor: 6, Patch: 12}, Version{Major: 3, Minor: 0, Patch: 0}, -1},
+		{Version{Major: 2, Minor: 10, Patch: 0}, Version{Major: 2, Minor: 9, Patch: 9}, 1}, // numeric, not lexical
+		{Version{Major: 3, Minor: 0, Patch: 2}, Version{Major: 3, Minor: 0, Patch: 11}, -1},
+		{Version{Major: 3, Minor: 0, Patch: 0}, Version{Major: 2, Minor: 99, Patch: 99}, 1},
 	}
 	for _, tc := range tests {
 		if got := tc.v.Compare(tc.w); got != tc.want {
@@ -67,10 +67,10 @@ func TestVersionOrder(t *testing.T) {
 			t.Errorf("%v.Compare(%v) = %d, want %d", tc.w, tc.v, got, -tc.want)
 		}
 	}
-	if !(Version{3, 0, 0}).AtLeast(3, 0) || (Version{2, 9, 9}).AtLeast(3, 0) || !(Version{3, 1, 0}).AtLeast(2, 7) {
+	if !(Version{Major: 3, Minor: 0, Patch: 0}).AtLeast(3, 0) || (Version{Major: 2, Minor: 9, Patch: 9}).AtLeast(3, 0) || !(Version{Major: 3, Minor: 1, Patch: 0}).AtLeast(2, 7) {
 		t.Error("AtLeast compares major.minor")
 	}
-	if s := (Version{3, 0, 11}).String(); s != "3.0.11" {
+	if s := (Version{Major: 3, Minor: 0, Patch: 11}).String(); s != "3.0.11" {
 		t.Errorf("String() = %q", s)
 	}
 }
@@ -80,12 +80,12 @@ func TestVersionSupported(t *testing.T) {
 		v       Version
 		wantErr string
 	}{
-		{Version{2, 6, 0}, ""},
-		{Version{2, 6, 12}, ""},
-		{Version{3, 0, 11}, ""},
-		{Version{2, 5, 14}, "unsupported HAProxy version: 2.5.14 is older than 2.6, the oldest haconfd runs on"},
-		{Version{2, 4, 22}, "unsupported HAProxy version: 2.4.22 is older than 2.6, the oldest haconfd runs on"},
-		{Version{1, 8, 19}, "unsupported HAProxy version: 1.8.19 is older than 2.6, the oldest haconfd runs on"},
+		{Version{Major: 2, Minor: 6, Patch: 0}, ""},
+		{Version{Major: 2, Minor: 6, Patch: 12}, ""},
+		{Version{Major: 3, Minor: 0, Patch: 11}, ""},
+		{Version{Major: 2, Minor: 5, Patch: 14}, "unsupported HAProxy version: 2.5.14 is older than 2.6, the oldest haconfd runs on"},
+		{Version{Major: 2, Minor: 4, Patch: 22}, "unsupported HAProxy version: 2.4.22 is older than 2.6, the oldest haconfd runs on"},
+		{Version{Major: 1, Minor: 8, Patch: 19}, "unsupported HAProxy version: 1.8.19 is older than 2.6, the oldest haconfd runs on"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.v.String(), func(t *testing.T) {
@@ -113,11 +113,41 @@ func fakeBin(t *testing.T, script string) string {
 	return path
 }
 
+// The build is the version word as printed, for /status and logs.
+func TestVersionBuild(t *testing.T) {
+	v, err := ParseVersion("HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\n")
+	if err != nil || v.Build != "3.0.11-1+deb13u5" || v.String() != "3.0.11-1+deb13u5" {
+		t.Fatalf("ParseVersion = %+v, %v", v, err)
+	}
+	if s := (Version{Major: 2, Minor: 6}).String(); s != "2.6.0" {
+		t.Fatalf("String() without a build = %q", s)
+	}
+}
+
+// Each capability starts at the release whose management.txt documents it.
+func TestCaps(t *testing.T) {
+	tests := []struct {
+		v    Version
+		want Caps
+	}{
+		{Version{Major: 2, Minor: 6, Patch: 12}, Caps{}},
+		{Version{Major: 2, Minor: 7}, Caps{ReloadStatus: true}},
+		{Version{Major: 2, Minor: 9, Patch: 5}, Caps{ReloadStatus: true}},
+		{Version{Major: 3, Minor: 0, Patch: 11}, Caps{ReloadStatus: true, WaitRemovable: true, AddCookie: true}},
+		{Version{Major: 3, Minor: 2}, Caps{ReloadStatus: true, WaitRemovable: true, AddCookie: true}},
+	}
+	for _, tc := range tests {
+		if got := tc.v.Caps(); got != tc.want {
+			t.Errorf("%s: Caps() = %+v, want %+v", tc.v, got, tc.want)
+		}
+	}
+}
+
 func TestBinaryVersion(t *testing.T) {
 	t.Run("fake 2.4", func(t *testing.T) {
 		bin := fakeBin(t, `echo "HAProxy version 2.4.22-0ubuntu0.22.04.3 2023/08/09 - https://haproxy.org/"`)
 		v, err := BinaryVersion(context.Background(), bin)
-		if err != nil || v != (Version{2, 4, 22}) {
+		if err != nil || v.Compare(Version{Major: 2, Minor: 4, Patch: 22}) != 0 || v.Build != "2.4.22-0ubuntu0.22.04.3" {
 			t.Fatalf("BinaryVersion = %v, %v", v, err)
 		}
 	})

@@ -309,7 +309,7 @@ func printPlan(w io.Writer, rev app.Review, format string) error {
 	var p haproxy.Plan
 	if rev.Changed {
 		var err error
-		if p, err = haproxy.PlanChange(rev.Live, rev.Desired); err != nil {
+		if p, err = haproxy.PlanChange(rev.Live, rev.Desired, rev.Caps); err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
 		}
 	}

@@ -107,7 +107,7 @@ func TestHAProxyVersionRefused(t *testing.T) {
 	cases := []struct {
 		name, bin, want string
 	}{
-		{"2.4", old, "haconfd: --haproxy-bin " + old + ": unsupported HAProxy version: 2.4.22 is older than 2.6, the oldest haconfd runs on\n"},
+		{"2.4", old, "haconfd: --haproxy-bin " + old + ": unsupported HAProxy version: 2.4.22-0ubuntu0.22.04.3 is older than 2.6, the oldest haconfd runs on\n"},
 		{"garbage", garbage, "haconfd: --haproxy-bin: " + garbage + ` -v: no HAProxy version: printed "Usage: something else", not a line like "HAProxy version 2.6.12 ..."` + "\n"},
 	}
 	for _, tc := range cases {

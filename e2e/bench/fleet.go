@@ -153,7 +153,7 @@ func fleetBench() ([]string, error) {
 					return
 				}
 				if prev != nil {
-					if _, err := haproxy.PlanChange(prev, out.Config); err != nil {
+					if _, err := haproxy.PlanChange(prev, out.Config, haproxy.Caps{}); err != nil {
 						errs <- err
 						return
 					}

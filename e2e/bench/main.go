@@ -46,6 +46,8 @@ var (
 	hapBin = flag.String("haproxy", "", "HAProxy binary haconfd drives (default: $"+testhaproxy.EnvVar+", else haproxy on PATH or in /usr/sbin)")
 	reps   = flag.Int("n", 20, "repetitions of add/remove")
 	only   = flag.String("only", "", "run only these steps (comma-separated names)")
+	vs     = flag.String("compare", "", "a second HAProxy binary: the -compare-steps run again with it, and a side-by-side table follows")
+	vsOnly = flag.String("compare-steps", "reload path,runtime path,lanes,churn,storm", "steps run with both binaries (comma-separated names)")
 	hap    testhaproxy.Binary // the binary -haproxy names, resolved
 )
 
@@ -78,8 +80,10 @@ func main() {
 		{"idle", idle},
 		{"fleet", fleetBench},
 	}
+	in := func(list, name string) bool { return strings.Contains(","+list+",", ","+name+",") }
+	var first []string // rows of the compared steps, with the first binary
 	for _, s := range steps {
-		if *only != "" && !strings.Contains(","+*only+",", ","+s.name+",") {
+		if *only != "" && !in(*only, s.name) {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "bench: %s ", s.name)
@@ -90,6 +94,9 @@ func main() {
 			os.Exit(1)
 		}
 		add(r...)
+		if *vs != "" && in(*vsOnly, s.name) {
+			first = append(first, r...)
+		}
 	}
 	fmt.Println()
 	fmt.Printf("HAProxy %s (%s)\n\n", hap.Release(), hap.Path)
@@ -98,6 +105,71 @@ func main() {
 	for _, r := range rows {
 		fmt.Println(r)
 	}
+	if *vs == "" {
+		return
+	}
+	a := hap
+	if err := os.Setenv(testhaproxy.EnvVar, *vs); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if hap, err = testhaproxy.Find(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: -compare: %v\n", err)
+		os.Exit(2)
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s\n", hap)
+	var second []string
+	for _, s := range steps {
+		if (*only != "" && !in(*only, s.name)) || !in(*vsOnly, s.name) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "bench: %s (%s) ", s.name, hap.Release())
+		r, err := s.f()
+		fmt.Fprintln(os.Stderr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench %s with %s: %v\n", s.name, hap.Release(), err)
+			os.Exit(1)
+		}
+		second = append(second, r...)
+	}
+	fmt.Println()
+	fmt.Print(sideBySide(a.Release(), hap.Release(), first, second))
+}
+
+// sideBySide puts the rows of two runs of the same steps next to each
+// other, matched by measurement and path: p50, p90 and max of each.
+func sideBySide(a, b string, first, second []string) string {
+	cells := func(r string) []string {
+		f := strings.Split(strings.TrimSpace(r), "|")
+		if len(f) >= 2 {
+			f = f[1 : len(f)-1] // the empty cells outside the first and last "|"
+		}
+		for i := range f {
+			f[i] = strings.TrimSpace(f[i])
+		}
+		for len(f) < 7 {
+			f = append(f, "")
+		}
+		return f
+	}
+	byKey := map[string][]string{}
+	for _, r := range second {
+		c := cells(r)
+		byKey[c[0]+"\x00"+c[1]] = c
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "Side by side: HAProxy %s | HAProxy %s\n\n", a, b)
+	fmt.Fprintf(&out, "| measurement | path | %s p50 | p90 | max | %s p50 | p90 | max | target |\n", a, b)
+	out.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range first {
+		c := cells(r)
+		d, ok := byKey[c[0]+"\x00"+c[1]]
+		if !ok {
+			d = []string{"", "", "", "-", "", "", ""}
+		}
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c[0], c[1], c[3], c[4], c[5], d[3], d[4], d[5], c[6])
+	}
+	return out.String()
 }
 
 type sample []time.Duration
@@ -164,7 +236,11 @@ func start(template string, extra ...string) (*world, error) {
 	args := []string{"run", "--etcd-endpoints", strings.Join(w.srv.Endpoints(), ","),
 		"--output", w.cfgPath, "--pidfile", w.pidFile, "--runtime-socket", filepath.Join(dir, "admin.sock"),
 		"--bind", w.front, "--check-port", "none", "--wait", "0", "--stop-haproxy-on-exit",
-		"--listen", "", "--drain-timeout", "1s", "--log-level", "info", "--haproxy-bin", hap.Path}
+		"--listen", "", "--drain-timeout", "1s", "--log-level", "info", "--haproxy-bin", hap.Path,
+		// The bench adds and removes nodes one after another for minutes:
+		// the max-remove guard (tested on its own) would hold the second
+		// removal within its window.
+		"--max-remove", "1"}
 	if template != "" {
 		tp := filepath.Join(dir, "t.tmpl")
 		if err := os.WriteFile(tp, []byte(template), 0o644); err != nil {
@@ -239,6 +315,12 @@ func (w *world) count(action string) int {
 	return n
 }
 
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // convergence: etcd Put → first connection served by the new node, and
 // Delete → the node gone from the live config and 20 connections in a
 // row miss it.
@@ -283,7 +365,7 @@ func convergence(path, template string, extra ...string) ([]string, error) {
 			}
 			return true
 		}); err != nil {
-			return nil, fmt.Errorf("node %s never left", id)
+			return nil, fmt.Errorf("node %s never left; haconfd's last lines:\n%s", id, tail(w.logText(), 30))
 		}
 		remove = append(remove, time.Since(t0))
 		fmt.Fprint(os.Stderr, ".")

@@ -82,7 +82,8 @@ type fakeHAProxy struct {
 	writes  [][]byte
 	applies [][]byte
 	refuse  func(line string) bool
-	applyFn func(cfg []byte) error // nil: success
+	applyFn func(cfg []byte) error                      // nil: success
+	writeFn func(ctx context.Context, cfg []byte) error // nil: success
 	// drains block until the test releases them (release), or ctx ends.
 	drainGate map[string]chan struct{}
 	drained   []string
@@ -212,7 +213,15 @@ func (f *fakeHAProxy) Apply(ctx context.Context, cfg []byte) (haproxy.Result, er
 	return haproxy.Result{Action: action, PID: len(f.applies)}, nil
 }
 
-func (f *fakeHAProxy) Write(_ context.Context, cfg []byte) error {
+func (f *fakeHAProxy) Write(ctx context.Context, cfg []byte) error {
+	f.mu.Lock()
+	fn := f.writeFn
+	f.mu.Unlock()
+	if fn != nil {
+		if err := fn(ctx, cfg); err != nil {
+			return err
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.writes = append(f.writes, cfg)
@@ -236,6 +245,7 @@ func (f *fakeHAProxy) Process(context.Context) haproxy.Process {
 }
 
 func (f *fakeHAProxy) NeedsReload() bool         { return false }
+func (f *fakeHAProxy) Warnings() []string        { return nil }
 func (f *fakeHAProxy) Restarts() <-chan struct{} { return nil }
 
 func (f *fakeHAProxy) snapshot() (sent []string, applies, writes int, events []string) {
@@ -512,6 +522,44 @@ func TestServerChangeIsRuntimeOnly(t *testing.T) {
 	rev = r.set("srv/db1", "10.0.0.1:3306 disabled")
 	r.waitFor("db1 disabled", func() bool { return r.sentLine("set server galera/db1 state maint") })
 	r.waitFor("written", func() bool { return r.status().Applied == rev })
+}
+
+// A write cut short because a newer render made it pointless (a node
+// added and removed again while haproxy -c checked the file with it) is
+// not a failure: no error, no failed event, no retry.
+func TestSupersededWriteIsNoFailure(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306", "db2": "10.0.0.2:3306"}})
+	started := make(chan struct{})
+	var once sync.Once
+	r.hx.mu.Lock()
+	r.hx.writeFn = func(ctx context.Context, cfg []byte) error {
+		if !strings.Contains(string(cfg), "db3") {
+			return nil
+		}
+		once.Do(func() { close(started) })
+		<-ctx.Done()
+		return fmt.Errorf("validate stage: %w", ctx.Err())
+	}
+	r.hx.mu.Unlock()
+	r.set("srv/db3", "10.0.0.3:3306")
+	<-started
+	rev := r.set("srv/db3", "")
+	r.waitFor("db3 gone again, live", func() bool { return r.status().Applied == rev })
+	r.waitFor("the canceled write done", func() bool {
+		idle := false
+		if err := r.tgt.lanes.Call(context.Background(), func() { idle = r.tgt.lanes.running == nil }); err != nil {
+			t.Fatal(err)
+		}
+		return idle
+	})
+	if st := r.status(); st.LastError != "" {
+		t.Fatalf("last error %q after a superseded write", st.LastError)
+	}
+	for _, e := range r.bus.Recent() {
+		if e.Kind == EventFailed {
+			t.Fatalf("failed event after a superseded write: %+v", e)
+		}
+	}
 }
 
 // The fleet reload slot is held elsewhere and a reload waits for it;

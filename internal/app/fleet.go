@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"time"
 
@@ -204,22 +202,4 @@ func sameLoopFields(a, b fleet.Report) bool {
 	return a.AppliedRevision == b.AppliedRevision && a.SeenRevision == b.SeenRevision && a.BehindSince.Equal(b.BehindSince) &&
 		a.ConfigSHA256 == b.ConfigSHA256 && a.LastResult == b.LastResult && a.LastError == b.LastError && a.Held == b.Held &&
 		a.Method == b.Method && a.LastApply.Equal(b.LastApply) && a.HAProxyVersion == b.HAProxyVersion && a.HAProxyPID == b.HAProxyPID
-}
-
-// haproxyVersion is the version `haproxy -v` prints ("" when it cannot).
-func haproxyVersion(ctx context.Context, bin string) string {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "-v").Output()
-	if err != nil {
-		return ""
-	}
-	// "HAProxy version 2.6.12-1 2023/03/20 - https://haproxy.org/"
-	f := strings.Fields(string(out))
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "version" {
-			return f[i+1]
-		}
-	}
-	return ""
 }

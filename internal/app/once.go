@@ -30,6 +30,9 @@ type Review struct {
 	Live     []byte // the current --output file, nil if absent
 	Changed  bool   // Output.Config differs from Live
 	Diff     string // unified diff Live → rendered
+	// Caps are those of --haproxy-bin (2.6's when it cannot be run):
+	// what a plan may do through the runtime API.
+	Caps haproxy.Caps
 }
 
 // RenderReview renders once, from fromFile (a saved snapshot) or from a
@@ -63,11 +66,14 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 		logger.Warn("node skipped", "key", p.Key, "reason", p.Reason)
 	}
 	if validate {
-		if err := validateTemp(ctx, cfg.HAProxyBin, out.Config); err != nil {
+		if err := validateTemp(ctx, cfg.HAProxyBin, out.Config, logger); err != nil {
 			return Review{}, err
 		}
 	}
 	r := Review{Output: out, Desired: out.Config, Revision: snap.Revision}
+	if v, err := haproxy.BinaryVersion(ctx, cfg.HAProxyBin); err == nil {
+		r.Caps = v.Caps()
+	}
 	live, err := os.ReadFile(cfg.Output)
 	switch {
 	case err == nil:
@@ -104,7 +110,7 @@ func guardAgainst(cfg config.Config, live, rendered []byte) ([]byte, []HeldServe
 }
 
 // validateTemp runs `haproxy -c` on cfg written to a private temp dir.
-func validateTemp(ctx context.Context, bin string, cfg []byte) error {
+func validateTemp(ctx context.Context, bin string, cfg []byte, logger *slog.Logger) error {
 	dir, err := os.MkdirTemp("", "haconfd-render-")
 	if err != nil {
 		return fmt.Errorf("validate: %w", err)
@@ -114,7 +120,11 @@ func validateTemp(ctx context.Context, bin string, cfg []byte) error {
 	if err := os.WriteFile(path, cfg, 0o600); err != nil {
 		return fmt.Errorf("validate: %w", err)
 	}
-	return haproxy.Validate(ctx, bin, path)
+	warnings, err := haproxy.Validate(ctx, bin, path)
+	for _, w := range warnings {
+		logger.Warn("haproxy -c warns about the rendered config", "warning", w.String())
+	}
+	return err
 }
 
 // readEtcdOnce takes one consistent snapshot of the prefixes.

@@ -485,7 +485,7 @@ func (p *Page) serveStream(w http.ResponseWriter, r *http.Request) {
 func newPage(cfg config.Config, board *Board, bus *Bus, cli *clientv3.Client, fl *fleetGlue, logger *slog.Logger) *Page {
 	opts := PageOptions{Board: board, Bus: bus, Logger: logger.With("component", "page"), Instance: cfg.Instance}
 	if cfg.RuntimeSocket != "" {
-		if rt, err := haproxy.NewRuntime(cfg.RuntimeSocket, nil); err == nil {
+		if rt, err := haproxy.NewRuntime(cfg.RuntimeSocket, nil, haproxy.Caps{}); err == nil {
 			opts.Live = rt
 		}
 	}

@@ -75,6 +75,12 @@ type HAProxyStatus struct {
 	PID     int    `json:"pid"`
 	Version string `json:"version"`
 	Running bool   `json:"running"`
+	// Methods are how haconfd drives this version (haproxy.Caps.Methods):
+	// e.g. "master reload: Success= answer" on 2.7+.
+	Methods []string `json:"methods,omitempty"`
+	// Warnings are what `haproxy -c` warned about the live config (e.g. a
+	// deprecated keyword in a template), one line each.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Ready says whether haconfd is connected to etcd and has the newest

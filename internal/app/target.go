@@ -40,6 +40,8 @@ type Reloader interface {
 	Process(ctx context.Context) haproxy.Process
 	NeedsReload() bool
 	Restarts() <-chan struct{}
+	// Warnings are what haproxy -c warned about the live file.
+	Warnings() []string
 }
 
 // ReloadSlot coordinates starts and reloads across the fleet (nil: none).
@@ -62,6 +64,7 @@ type HAProxyOptions struct {
 	RetryMin     time.Duration // backoff of a failed start or reload that may succeed later
 	RetryMax     time.Duration
 	ResyncRetry  time.Duration // first retry of a failed read of HAProxy's live state, default 100ms
+	Caps         haproxy.Caps  // what the running HAProxy's runtime API takes (Version.Caps)
 	Logger       *slog.Logger
 	Bus          *Bus
 	Board        *Board
@@ -193,7 +196,8 @@ func (t *HAProxyTarget) setLive(cfg []byte) {
 	if cfg != nil {
 		sha = sha256Hex(cfg)
 	}
-	t.board.Update(func(s *Status) { s.ConfigSHA256 = sha })
+	warnings := t.rl.Warnings()
+	t.board.Update(func(s *Status) { s.ConfigSHA256, s.HAProxy.Warnings = sha, warnings })
 }
 
 func sha256Hex(b []byte) string {
@@ -378,7 +382,7 @@ func (t *HAProxyTarget) reconcile() {
 		if t.rejected != nil && bytes.Equal(desired, t.rejected) {
 			target = t.live // haproxy -c refused it: back to the live file's servers
 		}
-		plan, err := haproxy.PlanServers(t.live, target, t.belief, t.busy)
+		plan, err := haproxy.PlanServers(t.live, target, t.belief, t.busy, t.opts.Caps)
 		if err != nil {
 			t.fail(t.outRev, "plan", "fast", err)
 			t.fastClean = false
@@ -650,7 +654,7 @@ func (t *HAProxyTarget) planSlow(pending []string) {
 	default:
 		reasons := pending
 		reload := t.rt == nil || t.forceReload || len(pending) > 0
-		p, err := haproxy.PlanChange(t.live, desired)
+		p, err := haproxy.PlanChange(t.live, desired, t.opts.Caps)
 		if err != nil {
 			t.fail(t.outRev, "plan", "reload", err)
 			return
@@ -852,9 +856,13 @@ func (t *HAProxyTarget) writeDone(j *Job, r *jobRun, err error) {
 		t.job = nil
 	}
 	switch {
-	case superseded(err):
+	case superseded(err) || errors.Is(err, context.Canceled) && t.ctx.Err() == nil:
+		// A newer render replaced this write (its haproxy -c was cut
+		// short): nothing failed, the newest one is written next.
 		t.reconcile()
 		return
+	case errors.Is(err, context.Canceled):
+		return // haconfd is stopping
 	case err == nil:
 		t.setLive(r.st.cfg)
 		t.rejected = nil

@@ -36,14 +36,15 @@ func ValidateConfig(cfg config.Config, logger *slog.Logger) error {
 	if _, err := exec.LookPath(cfg.HAProxyBin); err != nil && cfg.ReloadCmd == "" {
 		errs = append(errs, fmt.Errorf("--haproxy-bin: %s not found", cfg.HAProxyBin))
 	} else {
+		var v haproxy.Version
 		if err == nil {
-			if v, err := CheckHAProxy(context.Background(), cfg.HAProxyBin); err != nil {
+			if v, err = CheckHAProxy(context.Background(), cfg.HAProxyBin); err != nil {
 				errs = append(errs, err)
 			} else {
-				logger.Info("haproxy binary", "bin", cfg.HAProxyBin, "version", v.String())
+				logger.Info("haproxy binary", "bin", cfg.HAProxyBin, "version", v.String(), "methods", v.Caps().Methods())
 			}
 		}
-		if _, err := NewManager(cfg, logger); err != nil {
+		if _, err := NewManager(cfg, v, logger); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -95,7 +95,7 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 }
 
 // NewManager builds the HAProxy manager that cfg describes.
-func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error) {
+func NewManager(cfg config.Config, v haproxy.Version, logger *slog.Logger) (*haproxy.Manager, error) {
 	m, err := haproxy.New(haproxy.Options{
 		Bin:          cfg.HAProxyBin,
 		ConfigPath:   cfg.Output,
@@ -106,6 +106,7 @@ func NewManager(cfg config.Config, logger *slog.Logger) (*haproxy.Manager, error
 		StateFile:    cfg.StateFile,
 		Supervise:    cfg.Supervise,
 		MasterSocket: masterSocket(cfg),
+		Version:      v,
 		Logger:       logger,
 	})
 	if err != nil {
@@ -203,18 +204,18 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 	if err != nil {
 		return err
 	}
-	logger.Info("haproxy binary", "bin", cfg.HAProxyBin, "version", hv.String())
+	logger.Info("haproxy binary", "bin", cfg.HAProxyBin, "version", hv.String(), "methods", hv.Caps().Methods())
 	rend, err := NewRenderer(cfg)
 	if err != nil {
 		return err
 	}
-	mgr, err := NewManager(cfg, logger)
+	mgr, err := NewManager(cfg, hv, logger)
 	if err != nil {
 		return err
 	}
 	var rt Runtime
 	if cfg.RuntimeSocket != "" && cfg.Apply != config.ApplyReload && !cfg.DryRun {
-		r, err := haproxy.NewRuntime(cfg.RuntimeSocket, logger.With("component", "runtime"))
+		r, err := haproxy.NewRuntime(cfg.RuntimeSocket, logger.With("component", "runtime"), hv.Caps())
 		if err != nil {
 			return configErr(fmt.Errorf("--runtime-socket: %w", err))
 		}
@@ -232,14 +233,15 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		}
 	}
 	board, bus, metrics := &Board{}, NewBus(), NewMetrics()
-	version := haproxyVersion(ctx, cfg.HAProxyBin)
-	board.Update(func(s *Status) { s.HAProxy.Version = version })
+	version := hv.String()
+	board.Update(func(s *Status) { s.HAProxy.Version, s.HAProxy.Methods = version, hv.Caps().Methods() })
 	var slot ReloadSlot
 	if fl != nil {
 		slot = fl.slot()
 	}
 	target := NewHAProxyTarget(rend, mgr, rt, slot, HAProxyOptions{
 		Mode:         cfg.Apply,
+		Caps:         hv.Caps(),
 		DrainTimeout: cfg.DrainTimeout,
 		Guards: GuardOptions{
 			MinServers: cfg.MinServers,

@@ -64,7 +64,7 @@ func run(args []string) error {
 		if err != nil {
 			return haproxy.Plan{}, err
 		}
-		return haproxy.PlanChange(live, out.Config)
+		return haproxy.PlanChange(live, out.Config, haproxy.Caps{})
 	}
 	plan, err := renderPlan()
 	if err != nil {
