@@ -21,7 +21,10 @@ import (
 const statusTimeout = 20 * time.Second
 
 func newStatus(stdout, stderr io.Writer) *cobra.Command {
-	var format string
+	var (
+		format string
+		self   selfFlags
+	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every haconfd instance of the fleet: converged, lagging, failing or gone",
@@ -35,11 +38,14 @@ delete) under its watched prefixes:
   failing    its last render or apply failed (the error)
   gone       its lease expired without a clean stop (last update)
 
-Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
+Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.` + selfHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "table" && format != "json" {
 				return &exitError{code: 2, err: fmt.Errorf("--format: %q must be table or json", format)}
+			}
+			if err := checkSelfFlags(cmd, self); err != nil {
+				return err
 			}
 			// status writes no HAProxy file: do not check --output's directory.
 			if !cmd.Flags().Changed("dry-run") {
@@ -48,6 +54,9 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 			cfg, err := load(cmd)
 			if err != nil {
 				return err
+			}
+			if self.self {
+				return runSelf(cmd, cfg, self, format, stdout)
 			}
 			if cfg.StatusPrefix == "" {
 				return &exitError{code: 2, err: fmt.Errorf("--status-prefix: must not be empty for status")}
@@ -81,6 +90,7 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 	}
 	config.AddFlags(cmd.Flags())
 	cmd.Flags().StringVar(&format, "format", "table", "output: table or json")
+	addSelfFlags(cmd, &self)
 	return cmd
 }
 
