@@ -141,6 +141,11 @@ type env struct {
 	client   *clientLog
 	procs    []*proc
 	results  []result
+	// breakAt, when a scenario's break sets it, is the moment that
+	// counts (after its preparation): the figures start there.
+	breakAt time.Time
+	// killed are the HAProxy pids a scenario killed.
+	killed []int
 }
 
 // lb is one load balancer host.
@@ -351,7 +356,6 @@ runtime-socket: %s/admin.sock
 listen: 127.0.0.1:9480
 instance: %s
 status-ttl: 5s
-resync: 5s
 var:
   fragile: %s/chroot
 log-level: info

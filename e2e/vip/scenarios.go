@@ -29,6 +29,9 @@ type scenario struct {
 	fix   func(ctx context.Context, h *lb) error
 	// healthy: how long h may take to pass status --self after fix.
 	healthy time.Duration
+	// recovers, if set, says h is back on its own before the address
+	// moved (then it stays: reported, not a failure).
+	recovers func(h *lb) bool
 }
 
 type result struct {
@@ -45,7 +48,34 @@ type result struct {
 	overlapWho string
 	back       time.Duration // fix → the old holder passes status --self again
 	after      string        // holder once everything is back
+	recovered  time.Duration // the holder came back on its own this long after the break: no move
 	err        error
+}
+
+// killHAProxy kills every HAProxy process of h.
+func (e *env) killHAProxy(h *lb) error {
+	pids := pidsIn(filepath.Join(h.dir, "haproxy.pid"))
+	if len(pids) == 0 {
+		return errors.New("no HAProxy pid")
+	}
+	e.killed = pids
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// haproxyBack: h's haconfd started a new HAProxy (its pidfile names a
+// live process that was not killed).
+func (e *env) haproxyBack(h *lb) bool {
+	for _, pid := range pidsIn(filepath.Join(h.dir, "haproxy.pid")) {
+		if !slices.Contains(e.killed, pid) && syscall.Kill(pid, 0) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *env) others(h *lb) []*lb {
@@ -79,20 +109,13 @@ func (e *env) scenarios() []scenario {
 		{
 			name:  "kill -9 HAProxy on the holder",
 			moves: true,
-			brk: func(_ context.Context, h *lb) error {
-				pids := pidsIn(filepath.Join(h.dir, "haproxy.pid"))
-				if len(pids) == 0 {
-					return errors.New("no HAProxy pid")
-				}
-				for _, pid := range pids {
-					if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-						return err
-					}
-				}
-				return nil
-			},
-			fix:     noop, // haconfd starts it again at its next resync (5s here)
-			healthy: 60 * time.Second,
+			brk:   func(_ context.Context, h *lb) error { return e.killHAProxy(h) },
+			// haconfd starts HAProxy again at its next --resync (30s):
+			// nothing to do. When that comes before keepalived's fall 2,
+			// the address stays.
+			recovers: e.haproxyBack,
+			fix:      noop,
+			healthy:  60 * time.Second,
 		},
 		{
 			name:  "kill -9 haconfd on the holder",
@@ -156,6 +179,24 @@ func (e *env) scenarios() []scenario {
 			check:   e.allSoftFailed,
 			fix:     e.etcdBack,
 			healthy: 60 * time.Second,
+		},
+		{
+			// The two checks: with every chk_haconfd failing (all at
+			// 200), a HAProxy that dies still gives the address up
+			// (chk_haproxy: FAULT).
+			name:  "etcd down for every load balancer, then kill -9 HAProxy on the holder",
+			moves: true,
+			brk: func(ctx context.Context, h *lb) error {
+				e.etcd.Close()
+				if err := e.allSoftFailedWithin(ctx, 60*time.Second); err != nil {
+					return err
+				}
+				e.breakAt = time.Now()
+				return e.killHAProxy(h)
+			},
+			recovers: e.haproxyBack,
+			fix:      e.etcdBack,
+			healthy:  60 * time.Second,
 		},
 		{
 			name:  "kill -9 keepalived on the holder (no clean-up)",
@@ -246,6 +287,9 @@ func (e *env) allSoftFailed(_ context.Context, _ *lb) error {
 		if code != 1 || failedChecks(r) != "etcd" {
 			return fmt.Errorf("%s with etcd down: exit %d, failing %q (want etcd only):\n%s", l.name, code, failedChecks(r), out)
 		}
+	}
+	for _, l := range e.lbs {
+		_, r, _ := e.self(l)
 		logf("%s: %s", l.name, checkDetail(r, "etcd"))
 	}
 	return nil
@@ -280,6 +324,15 @@ func (e *env) etcdBack(ctx context.Context, _ *lb) error {
 	return nil
 }
 
+// allSoftFailedWithin waits until every load balancer fails status
+// --self on etcd only.
+func (e *env) allSoftFailedWithin(ctx context.Context, d time.Duration) error {
+	if err := waitFor(ctx, d, func() bool { return e.allSoftFailed(ctx, nil) == nil }); err != nil {
+		return fmt.Errorf("not every load balancer failed on etcd alone within %s: %v", d, e.allSoftFailed(ctx, nil))
+	}
+	return nil
+}
+
 // runScenario breaks the current holder, follows the address, brings the
 // holder back and measures.
 func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
@@ -300,14 +353,23 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 	}
 	res.from = h.name
 	tb := time.Now()
+	e.breakAt = time.Time{}
 	if err := s.brk(ctx, h); err != nil {
 		res.err = fmt.Errorf("break: %w", err)
+		e.fixQuietly(ctx, s, h)
 		return res
+	}
+	if !e.breakAt.IsZero() {
+		tb = e.breakAt
 	}
 	logf("broke %s", h.name)
 	var to *lb
 	if s.moves {
 		err := waitFor(ctx, 60*time.Second, func() bool {
+			if s.recovers != nil && s.recovers(h) && slices.Equal(e.mon.holders(), []string{h.name}) {
+				res.recovered = time.Since(tb)
+				return true
+			}
 			hs := e.mon.holders()
 			for _, n := range hs {
 				if n != h.name && (s.stale || len(hs) == 1) {
@@ -324,8 +386,12 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 			e.fixQuietly(ctx, s, h)
 			return res
 		}
-		res.failover = e.mon.addedAfter(to.name, tb).Sub(tb)
-		logf("address on %s %s after the break", to.name, res.failover.Round(time.Millisecond))
+		if to == nil {
+			logf("haconfd started HAProxy on %s again %s after the kill, before keepalived acted: the address stays", h.name, ms(res.recovered))
+		} else {
+			res.failover = e.mon.addedAfter(to.name, tb).Sub(tb)
+			logf("address on %s %s after the break", to.name, res.failover.Round(time.Millisecond))
+		}
 	} else {
 		if err := sleep(ctx, s.watch); err != nil {
 			res.err = err
@@ -364,6 +430,9 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 	}
 	if res.err == nil && res.after != res.to {
 		res.err = fmt.Errorf("the address moved again after %s came back: now on %s", h.name, res.after)
+	}
+	if to == nil {
+		res.moves = false
 	}
 	e.measure(&res, h, tb, te)
 	if res.err == nil && !s.moves && res.failed > 0 {
@@ -449,6 +518,9 @@ func (e *env) printTable() {
 		}
 		if r.stale && r.err == nil {
 			res = "ok (stale address until keepalived restarted: expected)"
+		}
+		if r.recovered > 0 && r.err == nil {
+			res = fmt.Sprintf("ok (haconfd restarted HAProxy %s after the kill, before keepalived's fall 2: no move)", ms(r.recovered))
 		}
 		fmt.Printf("| %s | %s | %s | %s | %s | %d / %d | %s | %s | %s |\n", r.name, holder, ms(r.failover), ms(r.gap), ms(r.outage),
 			r.failed, r.total, two, ms(r.back), res)
