@@ -108,3 +108,12 @@ e2e-galera30:
 .PHONY: e2e-docker
 e2e-docker:
 	bash e2e/docker/run.sh
+
+# The virtual-IP end-to-end test: three load balancers as network
+# namespaces, each with keepalived (examples/keepalived/), haconfd and
+# HAProxy, a client on the virtual IP, and the failure scenarios; prints the
+# scenario table and the failover figures (root; installs keepalived,
+# iptables and iproute2 from Debian; ~3 min).
+.PHONY: e2e-vip
+e2e-vip:
+	bash e2e/vip/run.sh

@@ -228,9 +228,10 @@ func TestFleet(t *testing.T) {
 	for _, b := range bs {
 		e.putAddr(b.ID, b.Port)
 	}
+	// --listen: status --self reads /status (the wave-stop step).
 	lbs := []*lb{
-		e.startLB("lb1", "5s", "--var", "fragile=/nonexistent-dir"),
-		e.startLB("lb2", "5s"),
+		e.startLB("lb1", "5s", "--var", "fragile=/nonexistent-dir", "--listen", "127.0.0.1:0"),
+		e.startLB("lb2", "5s", "--listen", "127.0.0.1:0"),
 		e.startLB("lb3", "5s"),
 	}
 	serving := func(l *lb) bool {
@@ -326,6 +327,14 @@ func TestFleet(t *testing.T) {
 		t.Logf("haconfd status (exit %d):\n%s", code, table)
 		if code != 1 {
 			t.Errorf("status exit %d with a failing instance", code)
+		}
+		// For a virtual IP: the instance that failed is not a good holder,
+		// one that holds the last good config on purpose is.
+		wantSelf(t, "status --self on lb1 (failed, rolled back)", self(t, lbs[0].p.httpAddr(), filepath.Join(lbs[0].dir, "a.sock")), 1, "apply")
+		held := self(t, lbs[1].p.httpAddr(), filepath.Join(lbs[1].dir, "a.sock"))
+		wantSelf(t, "status --self on lb2 (wave stopped)", held, 0, "")
+		if d := held.detail("config"); !strings.Contains(d, "held on purpose: reload held: wave stopped") {
+			t.Errorf("lb2 config: %q", d)
 		}
 
 		// The fix is a new change: the wave goes on.

@@ -20,13 +20,15 @@ import (
 // statusTimeout bounds `haconfd status` against an unreachable etcd.
 const statusTimeout = 20 * time.Second
 
-// statusGroups are the settings of `haconfd status`.
-var statusGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupFleet, config.GroupLog}
+// statusGroups are the settings of `haconfd status` (--self reads
+// haconfd's /status on --listen and HAProxy's --runtime-socket).
+var statusGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupFleet, config.GroupLog, config.GroupServe, config.GroupSocket}
 
 func newStatus(stdout, stderr io.Writer) *cobra.Command {
 	var (
 		format       string
 		validateOnly bool
+		self         selfFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -41,15 +43,25 @@ delete) under its watched prefixes:
   failing    its last render or apply failed (the error)
   gone       its lease expired without a clean stop (last update)
 
-Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
+Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.` + selfHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "table" && format != "json" {
 				return &exitError{code: 2, err: fmt.Errorf("--format: %q must be table or json", format)}
 			}
+			if err := checkSelfFlags(cmd, self); err != nil {
+				return err
+			}
 			cfg, err := load(cmd)
 			if err != nil {
 				return err
+			}
+			if self.self && validateOnly {
+				_, err := fmt.Fprintf(stdout, "config OK: self check of haconfd on %s and HAProxy on %s\n", cfg.Listen, cfg.RuntimeSocket)
+				return err
+			}
+			if self.self {
+				return runSelf(cmd, cfg, self, format, stdout)
 			}
 			if cfg.StatusPrefix == "" {
 				return &exitError{code: 2, err: fmt.Errorf("--status-prefix: must not be empty for status")}
@@ -88,6 +100,7 @@ Exit status: 0 when every instance is converged, 1 otherwise, 2 on error.`,
 	config.AddGroups(cmd.Flags(), nil, statusGroups...)
 	cmd.Flags().StringVar(&format, "format", "table", "output: table or json")
 	cmd.Flags().BoolVar(&validateOnly, "validate-config", false, "check flags, environment and config file, print what is wrong, exit 0 (OK) or 2; connects to nothing")
+	addSelfFlags(cmd, &self)
 	return cmd
 }
 

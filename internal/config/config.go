@@ -79,7 +79,6 @@ type HAProxy struct {
 	Output            string        `mapstructure:"output"`
 	HAProxyBin        string        `mapstructure:"haproxy-bin"`
 	PIDFile           string        `mapstructure:"pidfile"`
-	RuntimeSocket     string        `mapstructure:"runtime-socket"`
 	ReloadCmd         string        `mapstructure:"reload-cmd"`
 	Apply             string        `mapstructure:"apply"`
 	Settle            time.Duration `mapstructure:"settle"`
@@ -89,6 +88,12 @@ type HAProxy struct {
 	Supervise         bool          `mapstructure:"supervise"`
 	MasterSocket      string        `mapstructure:"master-socket"`
 	StopHAProxyOnExit bool          `mapstructure:"stop-haproxy-on-exit"`
+}
+
+// Socket is HAProxy's admin stats socket (runtime API), on its own: `run`
+// drives HAProxy through it, `status --self` only asks it.
+type Socket struct {
+	RuntimeSocket string `mapstructure:"runtime-socket"`
 }
 
 // Loop is when and whether changes are applied.
@@ -158,6 +163,7 @@ type Config struct {
 	Watch    `mapstructure:",squash"`
 	Render   `mapstructure:",squash"`
 	HAProxy  `mapstructure:",squash"`
+	Socket   `mapstructure:",squash"`
 	Loop     `mapstructure:",squash"`
 	Serve    `mapstructure:",squash"`
 	Fleet    `mapstructure:",squash"`
@@ -182,6 +188,7 @@ const (
 	GroupWatch    Group = "Watch"
 	GroupRender   Group = "Render"
 	GroupHAProxy  Group = "HAProxy"
+	GroupSocket   Group = "Socket"
 	GroupLoop     Group = "Loop"
 	GroupServe    Group = "Serve"
 	GroupFleet    Group = "Fleet"
@@ -192,7 +199,7 @@ const (
 )
 
 // DaemonGroups are the groups of `haconfd run` (and `render`, its dry run).
-var DaemonGroups = []Group{GroupEtcd, GroupEmbedded, GroupWatch, GroupRender, GroupHAProxy, GroupLoop, GroupServe, GroupFleet, GroupLog}
+var DaemonGroups = []Group{GroupEtcd, GroupEmbedded, GroupWatch, GroupRender, GroupHAProxy, GroupSocket, GroupLoop, GroupServe, GroupFleet, GroupLog}
 
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
@@ -203,20 +210,20 @@ func Defaults() Config {
 		Watch:    Watch{Prefixes: []string{"/components/galera"}},
 		Render:   Render{Bind: ":3306", CheckPort: "9200", Vars: map[string]string{}},
 		HAProxy: HAProxy{
-			Output:        "/etc/haproxy/haproxy.cfg",
-			HAProxyBin:    "haproxy",
-			PIDFile:       "/run/haproxy.pid",
-			RuntimeSocket: "/run/haproxy/admin.sock",
-			Apply:         ApplyAuto,
-			Settle:        200 * time.Millisecond,
-			DrainTimeout:  10 * time.Second,
-			Resync:        30 * time.Second,
-			MasterSocket:  "/run/haproxy/master.sock",
+			Output:       "/etc/haproxy/haproxy.cfg",
+			HAProxyBin:   "haproxy",
+			PIDFile:      "/run/haproxy.pid",
+			Apply:        ApplyAuto,
+			Settle:       200 * time.Millisecond,
+			DrainTimeout: 10 * time.Second,
+			Resync:       30 * time.Second,
+			MasterSocket: "/run/haproxy/master.sock",
 		},
-		Loop:  Loop{Wait: "100ms:2s", MinServers: 1, MaxRemove: 0.5, GuardHold: time.Minute},
-		Serve: Serve{Listen: "127.0.0.1:9480"},
-		Fleet: Fleet{StatusPrefix: "/haconfd/instances", StatusTTL: 10 * time.Second, MaxConcurrentReloads: 1},
-		Log:   Log{LogFormat: "text", LogLevel: "info"},
+		Socket: Socket{RuntimeSocket: "/run/haproxy/admin.sock"},
+		Loop:   Loop{Wait: "100ms:2s", MinServers: 1, MaxRemove: 0.5, GuardHold: time.Minute},
+		Serve:  Serve{Listen: "127.0.0.1:9480"},
+		Fleet:  Fleet{StatusPrefix: "/haconfd/instances", StatusTTL: 10 * time.Second, MaxConcurrentReloads: 1},
+		Log:    Log{LogFormat: "text", LogLevel: "info"},
 		Node: Node{NodeID: host, Port: node.DefaultPort, Host: host, Layout: string(node.LayoutDir),
 			TTL: 10 * time.Second, StatePoll: 500 * time.Millisecond},
 		MySQL: MySQL{QueryTimeout: 2 * time.Second},
@@ -608,6 +615,9 @@ func (c *Config) Validate() error {
 	if has(GroupHAProxy) {
 		c.HAProxy.validate(&p)
 	}
+	if has(GroupSocket) && len(c.RuntimeSocket) > haproxy.MaxSocketPath {
+		p.bad("runtime-socket", "path is %d bytes; unix socket paths are limited to %d", len(c.RuntimeSocket), haproxy.MaxSocketPath)
+	}
 	if has(GroupLoop) {
 		c.Loop.validate(&p)
 	}
@@ -713,9 +723,6 @@ func (h *HAProxy) validate(p *problems) {
 	}
 	if h.PIDFile == "" && h.ReloadCmd == "" {
 		p.bad("pidfile", "must not be empty")
-	}
-	if len(h.RuntimeSocket) > haproxy.MaxSocketPath {
-		p.bad("runtime-socket", "path is %d bytes; unix socket paths are limited to %d", len(h.RuntimeSocket), haproxy.MaxSocketPath)
 	}
 	switch h.Apply {
 	case ApplyAuto, ApplyRuntime, ApplyReload:
