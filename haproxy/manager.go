@@ -543,7 +543,8 @@ func (m *Manager) apply(ctx context.Context, next []byte) (Result, error) {
 	} else {
 		step("rolled back: previous config served by pid %d", servingPID)
 	}
-	m.log.Error("haproxy config not applied, rolled back", "action", res.Action, "err", err, "pid", servingPID)
+	// The caller reports the failure (once); the steps say what happened.
+	m.log.Debug("haproxy config not applied, rolled back", "action", res.Action, "err", err, "pid", servingPID)
 	return res, err
 }
 

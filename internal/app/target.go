@@ -956,6 +956,9 @@ func (t *HAProxyTarget) reloadDone(j *Job, r *jobRun, action string, err error) 
 		t.retryLater(err)
 		return
 	}
+	if res.RolledBack && res.PID > 0 {
+		err = fmt.Errorf("%w; rolled back: pid %d serves the previous config", err, res.PID)
+	}
 	t.fail(r.st.rev, action, "reload", err)
 	t.bus.Publish(Event{Kind: EventFailed, Lane: "reload", Rev: r.st.rev, Action: action, Steps: res.Steps, Err: err.Error(), Duration: res.Duration})
 	t.lastErr = err

@@ -149,7 +149,6 @@ func (a *Applier) ApplyBatch(ctx context.Context, jobs []Job) ([]Result, error) 
 				if rerr := prevs[i].restore(jobs[i].Resource.Dest); rerr != nil {
 					what = "restoring the previous file failed: " + rerr.Error()
 				}
-				a.logger.Error("reload_cmd failed; destination put back as it was", "resource", jobs[i].Resource.Name, "dest", jobs[i].Resource.Dest, "err", err)
 				results[i].Err = fmt.Errorf("%s: %w: %w (%s)", jobs[i].Resource.Name, ErrReloadFailed, err, what)
 			}
 		}
@@ -451,7 +450,8 @@ func (a *Applier) run(ctx context.Context, what, cmd string) error {
 		return fmt.Errorf("%s %q: %w", what, cmd, ctx.Err())
 	}
 	if err != nil {
-		a.logger.Error(what+" failed", "cmd", cmd, "err", err, "output", output)
+		// The caller reports the failure once; its whole output is here.
+		a.logger.Debug(what+" failed", "cmd", cmd, "err", err, "output", output)
 		if output != "" {
 			return fmt.Errorf("%s %q: %w: %s", what, cmd, err, oneLine(lastLine(output)))
 		}
