@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -152,10 +153,14 @@ func sideBySide(a, b string, first, second []string) string {
 		}
 		return f
 	}
+	// A measurement may carry its run's own counts ("(9099 ok)"): not
+	// part of what is compared.
+	counts := regexp.MustCompile(` \([0-9]+ ok\)`)
+	key := func(c []string) string { return counts.ReplaceAllString(c[0], "") + "\x00" + c[1] }
 	byKey := map[string][]string{}
 	for _, r := range second {
 		c := cells(r)
-		byKey[c[0]+"\x00"+c[1]] = c
+		byKey[key(c)] = c
 	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "Side by side: HAProxy %s | HAProxy %s\n\n", a, b)
@@ -163,7 +168,7 @@ func sideBySide(a, b string, first, second []string) string {
 	out.WriteString("|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range first {
 		c := cells(r)
-		d, ok := byKey[c[0]+"\x00"+c[1]]
+		d, ok := byKey[key(c)]
 		if !ok {
 			d = []string{"", "", "", "-", "", "", ""}
 		}
