@@ -2,6 +2,7 @@ package haproxy
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -245,7 +246,7 @@ func InsertServers(cfg []byte, extra map[string][]string) []byte {
 		}
 	}
 	inserts := map[int][]string{}
-	for _, name := range sortedKeys(extra) {
+	for _, name := range slices.Sorted(maps.Keys(extra)) {
 		p := where[name]
 		if p == nil {
 			continue
@@ -281,13 +282,4 @@ func InsertServers(cfg []byte, extra map[string][]string) []byte {
 		b.WriteString(l)
 	}
 	return []byte(b.String())
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

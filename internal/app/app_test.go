@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -48,7 +49,7 @@ type fakeRenderer struct{}
 func (fakeRenderer) Render(in render.Input) (render.Output, error) {
 	kvs := in.Map()
 	var glob, servers []string
-	for _, k := range sortedKeys(kvs) {
+	for _, k := range slices.Sorted(maps.Keys(kvs)) {
 		switch {
 		case k == "bad":
 			return render.Output{}, &render.TemplateError{File: "t.tmpl", Line: 3, Msg: "boom"}
@@ -407,7 +408,7 @@ func (r *rig) set(kv ...string) int64 {
 	}
 	r.rev++
 	s := watch.Snapshot{Revision: r.rev}
-	for _, k := range sortedKeys(r.kvs) {
+	for _, k := range slices.Sorted(maps.Keys(r.kvs)) {
 		s.KVs = append(s.KVs, watch.KV{Key: k, Value: r.kvs[k]})
 	}
 	r.src <- s

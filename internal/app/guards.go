@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -71,7 +72,7 @@ type guardResult struct {
 func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[string]string) guardResult {
 	var res guardResult
 	if g.opts.Force {
-		for _, k := range sortedKeys(g.held) {
+		for _, k := range slices.Sorted(maps.Keys(g.held)) {
 			res.Released = append(res.Released, *g.held[k])
 		}
 		clear(g.held)
@@ -105,7 +106,7 @@ func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[st
 		delete(g.lines, k)
 	}
 	// Held servers whose node is back, or whose section is gone: done.
-	for _, k := range sortedKeys(g.held) {
+	for _, k := range slices.Sorted(maps.Keys(g.held)) {
 		h := g.held[k]
 		if _, back := rendered[h.Section][h.Server]; back {
 			release(k)
@@ -115,14 +116,14 @@ func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[st
 			release(k)
 		}
 	}
-	for _, section := range sortedKeys(rendered) {
+	for _, section := range slices.Sorted(maps.Keys(rendered)) {
 		now1 := rendered[section]
 		before := configured[section]
 		if len(before) == 0 {
 			continue // a new section, or one that had no servers
 		}
 		var removed []string
-		for _, name := range sortedKeys(before) {
+		for _, name := range slices.Sorted(maps.Keys(before)) {
 			if _, ok := now1[name]; !ok {
 				removed = append(removed, name)
 			}
@@ -191,7 +192,7 @@ func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[st
 			}
 		} else {
 			// Min-servers holds no longer needed (others came back).
-			for _, k := range sortedKeys(g.held) {
+			for _, k := range slices.Sorted(maps.Keys(g.held)) {
 				h := g.held[k]
 				if h.Section != section || h.Guard != GuardMinServers {
 					continue
@@ -205,7 +206,7 @@ func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[st
 		}
 	}
 	res.Extra = map[string][]string{}
-	for _, k := range sortedKeys(g.held) {
+	for _, k := range slices.Sorted(maps.Keys(g.held)) {
 		h := g.held[k]
 		res.Held = append(res.Held, *h)
 		res.Extra[h.Section] = append(res.Extra[h.Section], g.lines[k])
@@ -214,13 +215,4 @@ func (g *guardBook) decide(now time.Time, rendered, configured map[string]map[st
 		}
 	}
 	return res
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

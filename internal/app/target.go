@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -1131,7 +1132,7 @@ func untilText(t time.Time) string {
 // publish refreshes the status fields derived from the target's state.
 func (t *HAProxyTarget) publish() {
 	var draining []string
-	for _, k := range sortedKeys(t.drains) {
+	for _, k := range slices.Sorted(maps.Keys(t.drains)) {
 		draining = append(draining, k)
 	}
 	t.board.Update(func(s *Status) { s.Draining = draining })
@@ -1161,8 +1162,8 @@ func (t *HAProxyTarget) publishServers() {
 		held[h.Section+"/"+h.Server] = h
 	}
 	var views []ServerView
-	for _, section := range sortedKeys(lines) {
-		for _, name := range sortedKeys(lines[section]) {
+	for _, section := range slices.Sorted(maps.Keys(lines)) {
+		for _, name := range slices.Sorted(maps.Keys(lines[section])) {
 			v := ServerView{Section: section, Server: name}
 			f := strings.Fields(lines[section][name])
 			if len(f) > 2 {
@@ -1195,7 +1196,7 @@ func (t *HAProxyTarget) publishServers() {
 			views = append(views, v)
 		}
 	}
-	for _, k := range sortedKeys(t.drains) {
+	for _, k := range slices.Sorted(maps.Keys(t.drains)) {
 		d := t.drains[k]
 		views = append(views, ServerView{Section: d.op.Backend, Server: d.op.Server, Addr: fmt.Sprintf("%s:%d", d.op.PrevAddr, d.op.PrevPort),
 			Disabled: true, Draining: true, Reasons: []string{"node gone from etcd: draining since " + d.since.UTC().Format(time.RFC3339)}})

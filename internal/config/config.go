@@ -10,6 +10,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -835,7 +836,7 @@ func (c *Config) files() []error {
 	if has(GroupRender) {
 		named["template"], named["base"] = c.Template, c.Base
 	}
-	for _, flag := range sortedKeys(named) {
+	for _, flag := range slices.Sorted(maps.Keys(named)) {
 		if path := named[flag]; path != "" {
 			if err := readable(path); err != nil {
 				p.bad(flag, "%v", err)
@@ -853,15 +854,6 @@ func (c *Config) files() []error {
 		}
 	}
 	return p
-}
-
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 func checkURL(s string) error {

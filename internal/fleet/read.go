@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -100,7 +101,7 @@ func ReadAll(ctx context.Context, cli *clientv3.Client, prefix string, watched [
 			Detail: "lease expired: no clean stop; last update " + st.Updated.Format(time.RFC3339)}
 	}
 	latest := map[string]int64{} // by joined prefix list
-	for _, name := range sortedKeys(byName) {
+	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		in := byName[name]
 		ps := in.Prefixes
 		if len(ps) == 0 {
@@ -126,15 +127,6 @@ func ReadAll(ctx context.Context, cli *clientv3.Client, prefix string, watched [
 		f.Instances = append(f.Instances, in)
 	}
 	return f, nil
-}
-
-func sortedKeys(m map[string]Instance) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func classify(in *Instance, now time.Time) {
