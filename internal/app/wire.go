@@ -74,6 +74,7 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		"runtime_socket": cfg.RuntimeSocket,
 		"state_file":     cfg.StateFile,
 		"writer_bind":    cfg.WriterBind,
+		"reader_bind":    cfg.ReaderBind,
 	}
 	if cfg.SingleWriter {
 		vars["single_writer"] = "true"
@@ -87,6 +88,10 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		Prefixes:  cfg.Prefixes,
 		Vars:      vars,
 		Getenv:    os.Getenv,
+		// Galera routing (galera.go).
+		Galera:       galeraPolicy(cfg),
+		DefaultPort:  cfg.DefaultPort,
+		ClusterBinds: cfg.ClusterBinds,
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -254,6 +259,8 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Bus:          bus,
 		Board:        board,
 		Metrics:      metrics,
+
+		KeepWriterSessions: cfg.WriterFailoverSessions == config.WriterSessionsKeep,
 	})
 	src, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
 		Prefixes: cfg.Prefixes,
@@ -450,6 +457,9 @@ func watchReloads(ctx context.Context, cfg config.Config, reload SettingsReader,
 // only a restart applies (everything but the rendering settings).
 func restartOnly(a, b config.Config) []string {
 	live := map[string]bool{"template": true, "base": true, "bind": true, "check-port": true, "var": true, "single-writer": true, "writer-bind": true}
+	for _, k := range galeraLiveSettings {
+		live[k] = true
+	}
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i := 0; i < va.NumField(); i++ {

@@ -191,7 +191,7 @@ func TestGroups(t *testing.T) {
 // Each group's own rules look at no file: they hold for paths that do
 // not exist; the files are checked apart.
 func TestGroupRulesArePure(t *testing.T) {
-	r := Render{Bind: ":3306", CheckPort: "9200", Template: "/nonexistent/t.tmpl"}
+	r := Render{Bind: ":3306", Template: "/nonexistent/t.tmpl"}
 	var p problems
 	r.validate(&p)
 	if len(p) != 0 {

@@ -1,0 +1,266 @@
+package app
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
+)
+
+// galeraState is what the target keeps between renders for Galera
+// routing (issue 15): each service's writers and lagging nodes (the
+// render's memory), the writer handovers of the newest render, and the
+// notes already logged.
+type galeraState struct {
+	memory    map[string]node.Memory
+	handovers []render.Handover
+	notes     map[string]bool
+}
+
+// galeraRendered takes what a render decided: its memory for the next
+// render, its writer handovers for the fast lane, and its notes (a prefix
+// with no node, a cluster nobody bound, an unreadable signal), each
+// logged once until it changes and listed in /status.
+func (t *HAProxyTarget) galeraRendered(out render.Output) {
+	g := &t.galera
+	g.memory = out.Memory
+	g.handovers = out.Handovers
+	notes := slices.Clone(out.Notes)
+	for _, p := range out.Problems {
+		if p.Drained {
+			notes = append(notes, p.Error()+" (node kept out of rotation)")
+		}
+	}
+	seen := make(map[string]bool, len(notes))
+	for _, n := range out.Notes {
+		seen[n] = true
+		if !g.notes[n] {
+			t.log.Warn(n)
+		}
+	}
+	for _, n := range notes {
+		seen[n] = true
+	}
+	g.notes = seen
+	t.board.Update(func(s *Status) { s.Notes = notes })
+	for _, h := range out.Handovers {
+		t.log.Info("writer handed over", "service", h.Service, "from", h.Node, "to", strings.Join(h.To, ","), "why", h.Why)
+	}
+}
+
+// handOver shuts down the sessions of the writers that handed the writes
+// over in the newest render (--writer-failover-sessions shutdown), in every
+// section of desired where their server now takes no connection (weight
+// 0): once the fast lane has moved the writes, clients that stayed on the
+// old writer reconnect to the new one, so two nodes do not take writes at
+// once. Graceful maintenance never comes here (render.Handover).
+func (t *HAProxyTarget) handOver(desired []byte) {
+	hs := t.galera.handovers
+	t.galera.handovers = nil
+	if len(hs) == 0 || t.rt == nil {
+		return
+	}
+	if t.opts.KeepWriterSessions {
+		for _, h := range hs {
+			t.log.Info("writer handed over; its sessions are kept (--writer-failover-sessions keep)", "server", h.Server)
+		}
+		return
+	}
+	lines, err := haproxy.ServerLines(desired)
+	if err != nil {
+		return
+	}
+	var sent, servers []string
+	for _, h := range hs {
+		for _, section := range sortedKeys(lines) {
+			line, ok := lines[section][h.Server]
+			if !ok || serverWeight(line) != 0 {
+				continue
+			}
+			if _, live := t.belief.Get(section, h.Server); !live {
+				continue
+			}
+			op := haproxy.ServerOp{Kind: haproxy.OpShutdownSessions, Backend: section, Server: h.Server}
+			if err := t.rt.Send(op); err != nil {
+				t.log.Warn("could not shut down the old writer's sessions", "server", section+"/"+h.Server, "err", err)
+				continue
+			}
+			t.log.Info("old writer's sessions shut down", "server", section+"/"+h.Server, "to", strings.Join(h.To, ","), "why", h.Why)
+			sent = append(sent, op.NowLine())
+			servers = append(servers, section+"/"+h.Server)
+		}
+	}
+	if len(sent) > 0 {
+		t.bus.Publish(Event{Kind: EventRuntime, Lane: "fast", Rev: t.outRev, Action: string(haproxy.ActionRuntime), Servers: servers, Commands: sent,
+			Detail: "writer handover: sessions of the old writer shut down"})
+	}
+}
+
+// serverWeight is the weight a server line sets (1 when none).
+func serverWeight(line string) int {
+	f := strings.Fields(line)
+	for i := 3; i+1 < len(f); i++ {
+		if f[i] == "weight" {
+			if w, err := strconv.Atoi(f[i+1]); err == nil {
+				return w
+			}
+		}
+	}
+	return 1
+}
+
+// nodeView fills a server view from its node: in rotation or not, writer,
+// the signals it published, and why it takes no connection in this
+// section.
+func nodeView(v *ServerView, n render.Node) {
+	v.Writer = n.IsWriter
+	v.InRotation = !v.Disabled && v.Weight > 0
+	v.Signals = Signals(n)
+	switch {
+	case v.InRotation:
+		if n.LastResort || n.Lagging {
+			v.Reasons = append(v.Reasons, n.Reasons...)
+		}
+	case !n.InRotation:
+		v.Reasons = append(v.Reasons, n.Reasons...)
+	case !n.Writable:
+		v.Reasons = append(v.Reasons, n.Reasons...)
+	case n.IsWriter:
+		v.Reasons = append(v.Reasons, "a writer: takes no reads in this section (--writer-is-reader=false)")
+	default:
+		v.Reasons = append(v.Reasons, "not a writer: this section takes only the writers' connections")
+	}
+}
+
+// Signals are the Galera signals n published, by name.
+func Signals(n render.Node) map[string]string {
+	m := map[string]string{}
+	add := func(k, v string) {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	add("state", n.State)
+	if n.Index >= 0 {
+		add("wsrep_local_index", strconv.Itoa(n.Index))
+	}
+	add(node.SigReady, n.Ready)
+	add(node.SigClusterStatus, n.ClusterStatus)
+	add(node.SigDesync, n.Desync)
+	add(node.SigRejectQueries, n.RejectQueries)
+	add(node.SigDonorRejectsQueries, n.DonorRejectsQueries)
+	if n.ReadOnly {
+		add(node.SigReadOnly, "ON")
+	}
+	add(node.SigMaintMode, n.MaintMode)
+	if n.RecvQueueSet {
+		add(node.SigRecvQueue, strconv.FormatInt(n.RecvQueue, 10))
+	}
+	add(node.SigFlowControlPaused, n.FlowControlPaused)
+	add(node.SigLastCommitted, n.LastCommitted)
+	if n.PrioritySet {
+		add(node.SigPriority, strconv.Itoa(n.Priority))
+	}
+	if n.CheckPort > 0 {
+		add(node.SigCheckPort, strconv.Itoa(n.CheckPort))
+	}
+	if n.Drain != nil {
+		add(node.SigDrain, n.Drain.String())
+	}
+	if r := n.Notify; r != nil {
+		s := "status " + r.Status
+		if r.Primary != nil {
+			s += fmt.Sprintf(", primary %t", *r.Primary)
+		}
+		s += fmt.Sprintf(", %d members", len(r.Members))
+		add(node.SigNotify, s)
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// firstPrefixNodes counts the nodes of the first prefix: its own, and
+// those of the clusters under it (Services lists a prefix's clusters right
+// after it).
+func firstPrefixNodes(svcs []render.Service) int {
+	if len(svcs) == 0 {
+		return 0
+	}
+	n := len(svcs[0].Nodes)
+	for _, s := range svcs[1:] {
+		if s.Cluster == "" {
+			break
+		}
+		n += len(s.Nodes)
+	}
+	return n
+}
+
+// NodeDecision is one node's rotation as a render decided it (render
+// --plan, /servers through ServerView).
+type NodeDecision struct {
+	Service    string   `json:"service"`
+	Node       string   `json:"node"`
+	Server     string   `json:"server"`
+	InRotation bool     `json:"in_rotation"`
+	Writer     bool     `json:"writer,omitempty"`
+	Reader     bool     `json:"reader,omitempty"`
+	LastResort bool     `json:"last_resort,omitempty"`
+	Lagging    bool     `json:"lagging,omitempty"`
+	Reasons    []string `json:"reasons,omitempty"`
+}
+
+// Decisions lists every node of out, by service, with why it is in or out.
+func Decisions(out render.Output) []NodeDecision {
+	var ds []NodeDecision
+	for _, s := range out.Services {
+		for _, n := range s.Nodes {
+			ds = append(ds, NodeDecision{Service: s.Name, Node: n.ID, Server: n.Name, InRotation: n.InRotation, Writer: n.IsWriter,
+				Reader: n.Reader, LastResort: n.LastResort, Lagging: n.Lagging, Reasons: n.Reasons})
+		}
+	}
+	return ds
+}
+
+// String is "in" / "out" with the reasons, for --plan's text.
+func (d NodeDecision) String() string {
+	what := "in rotation"
+	if !d.InRotation {
+		what = "out of rotation"
+	}
+	var roles []string
+	if d.Writer {
+		roles = append(roles, "writer")
+	}
+	if d.Reader && d.InRotation {
+		roles = append(roles, "reader")
+	}
+	if len(roles) > 0 {
+		what += " (" + strings.Join(roles, ", ") + ")"
+	}
+	if len(d.Reasons) > 0 {
+		what += ": " + strings.Join(d.Reasons, "; ")
+	}
+	return fmt.Sprintf("node %s/%s: %s", d.Service, d.Node, what)
+}
+
+// galeraPolicy is the rotation policy cfg describes.
+func galeraPolicy(cfg config.Config) node.Policy {
+	return node.Policy{
+		MaxRecvQueue:      int64(cfg.MaxRecvQueue),
+		MaxWriters:        cfg.MaxWriters,
+		WriterFailback:    cfg.WriterFailback,
+		WritersNotReaders: !cfg.WriterIsReader,
+	}
+}
+
+// galeraLiveSettings are the Galera settings a settings reload applies
+// (they only change the render).
+var galeraLiveSettings = []string{"reader-bind", "writer-is-reader", "max-writers", "writer-failback", "max-recv-queue", "default-port", "cluster-bind"}
