@@ -127,3 +127,63 @@ func TestRenderClusters(t *testing.T) {
 		t.Fatalf("services %v", got)
 	}
 }
+
+// The fleet's writers, recorded in etcd, win over a load balancer's own
+// memory while they stay eligible: two load balancers that saw the
+// changes in a different order, or one started later, serve the same
+// writers. A render proposes its writers when they differ.
+func TestRenderFleetWriters(t *testing.T) {
+	mk := func(failback bool) *render.Renderer {
+		r, err := render.New(render.Options{Templates: defaultTemplates(t), Prefixes: []string{"/components/galera"}, Vars: defaultVars(),
+			WriterKeys: "/haconfd/instances.writers", Galera: node.Policy{WriterFailback: failback}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := mk(false)
+	kvs := gkvs("a priority=1", "b priority=2")
+	key := "/haconfd/instances.writers/galera"
+	input := func(m map[string]string, rev int64) render.Input {
+		var in render.Input
+		for _, p := range sortedKV(m) {
+			in.Sorted = append(in.Sorted, p)
+			in.Revs = append(in.Revs, rev)
+		}
+		return in
+	}
+	// Nothing recorded: the best by priority, proposed with a create.
+	out, _ := r.Render(input(kvs, 5))
+	if out.Writer != "a" || len(out.WriterUpdates) != 1 || out.WriterUpdates[0].Key != key || out.WriterUpdates[0].PrevRev != 0 {
+		t.Fatalf("writer %q updates %+v", out.Writer, out.WriterUpdates)
+	}
+	// b recorded by another load balancer (after a was out for it): this
+	// one, fresh, serves b too and proposes nothing.
+	kvs[key] = `{"writers":["b"]}`
+	out, _ = r.Render(input(kvs, 7))
+	if out.Writer != "b" || len(out.WriterUpdates) != 0 {
+		t.Fatalf("recorded b: writer %q updates %+v", out.Writer, out.WriterUpdates)
+	}
+	// The recorded writer is not eligible here: the best one, proposed
+	// against the revision seen.
+	kvs["/components/galera/b/wsrep_local_state_comment"] = "Joined"
+	out, _ = r.Render(input(kvs, 9))
+	if out.Writer != "a" || len(out.WriterUpdates) != 1 || out.WriterUpdates[0].PrevRev != 9 || !slices.Equal(out.WriterUpdates[0].Prev, []string{"b"}) {
+		t.Fatalf("recorded b out: writer %q updates %+v", out.Writer, out.WriterUpdates)
+	}
+	// With failback every load balancer picks by priority: nothing recorded.
+	kvs["/components/galera/b/wsrep_local_state_comment"] = "Synced"
+	out, _ = mk(true).Render(input(kvs, 11))
+	if out.Writer != "a" || len(out.WriterUpdates) != 0 {
+		t.Fatalf("failback: writer %q updates %+v", out.Writer, out.WriterUpdates)
+	}
+}
+
+func sortedKV(m map[string]string) []render.KVPair {
+	out := make([]render.KVPair, 0, len(m))
+	for k, v := range m {
+		out = append(out, render.KVPair{Key: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b render.KVPair) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}

@@ -11,6 +11,7 @@ package render
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/haconfd/haconfd/render/node"
@@ -115,6 +116,14 @@ type Options struct {
 	Galera node.Policy
 	// DefaultPort is the port of a node that publishes none (3306 when 0).
 	DefaultPort int
+	// WriterKeys, when set, is the etcd prefix under which the load
+	// balancers keep each service's writers (<WriterKeys>/<service> =
+	// {"writers":[...]}; the snapshot must include it): a render keeps
+	// the writers found there while they stay eligible, so every load
+	// balancer serves the same writers whatever the order in which it saw
+	// the changes, and one started later adopts them. Output.WriterUpdates
+	// says what to write there.
+	WriterKeys string
 	// ClusterBinds are the addresses of the clusters found under a prefix
 	// above them (<prefix>/<cluster>/<node>/<field>), by cluster name:
 	// only a cluster named here gets a section (Service.Bind), never one
@@ -173,11 +182,28 @@ type Output struct {
 	// Notes say what a prefix's keys did not give: a prefix whose keys
 	// yield no node, a cluster nobody bound. One line each.
 	Notes []string
+	// WriterUpdates are the writers to record under Options.WriterKeys:
+	// the services whose writers differ from the recorded ones.
+	WriterUpdates []WriterUpdate
 	// Handovers are the writers that lost the writes in this render while
 	// still configured, and not for a graceful maintenance (an operator's
 	// drain, pxc_maint_mode, wsrep_reject_queries): their sessions on the
 	// writer sections may be shut down (--writer-failover-sessions).
 	Handovers []Handover
+}
+
+// WriterUpdate is a service's writers to record in etcd, with a compare:
+// the key's revision as the render saw it (0: the key did not exist).
+type WriterUpdate struct {
+	Key     string
+	Writers []string
+	PrevRev int64
+	Prev    []string // the writers recorded before
+}
+
+// WriterRecord is the value of a writers key.
+type WriterRecord struct {
+	Writers []string `json:"writers"`
 }
 
 // Handover is a writer that lost the writes.
@@ -312,10 +338,21 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		if !ok && i == 0 && in.Writer != "" {
 			prev = node.Memory{Writers: []string{in.Writer}}
 		}
+		local := prev.Writers
+		var rec *recorded
+		if r.opts.WriterKeys != "" {
+			rec = recordedWriters(r.opts.WriterKeys+"/"+svc.Name, sorted, revs)
+			if rec.found && !r.opts.Galera.WriterFailback {
+				prev.Writers = rec.writers // the fleet's writers win over this one's memory
+			}
+		}
 		m := node.Decide(svc.Nodes, prev, r.opts.Galera)
 		svc.Writers = m.Writers
 		out.Memory[svc.Name] = m
-		out.Handovers = append(out.Handovers, handovers(svc, prev.Writers)...)
+		out.Handovers = append(out.Handovers, handovers(svc, local)...)
+		if rec != nil && !r.opts.Galera.WriterFailback && len(m.Writers) > 0 && !slices.Equal(m.Writers, rec.writers) && (rec.rev > 0 || !rec.found) {
+			out.WriterUpdates = append(out.WriterUpdates, WriterUpdate{Key: rec.key, Writers: m.Writers, PrevRev: rec.rev, Prev: rec.writers})
+		}
 	}
 	if w := out.Services[0].Writers; len(w) > 0 {
 		out.Writer = w[0]
@@ -348,6 +385,37 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	}
 	out.Config = cfg
 	return out, nil
+}
+
+// recorded is a writers key as the snapshot has it.
+type recorded struct {
+	key     string
+	found   bool
+	rev     int64
+	writers []string
+}
+
+// recordedWriters reads key from the sorted pairs; an unreadable value
+// counts as found with no writers (it is overwritten).
+func recordedWriters(key string, sorted []KVPair, revs []int64) *recorded {
+	r := &recorded{key: key}
+	i, ok := slices.BinarySearchFunc(sorted, key, func(kv KVPair, k string) int { return strings.Compare(kv.Key, k) })
+	if !ok {
+		return r
+	}
+	r.found = true
+	if len(revs) == len(sorted) {
+		r.rev = revs[i]
+	}
+	var v WriterRecord
+	if json.Unmarshal([]byte(sorted[i].Value), &v) == nil {
+		for _, w := range v.Writers {
+			if w != "" && !slices.Contains(r.writers, w) {
+				r.writers = append(r.writers, w)
+			}
+		}
+	}
+	return r
 }
 
 // handovers lists the previous writers of svc that are no longer writers

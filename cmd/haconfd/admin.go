@@ -115,6 +115,15 @@ nothing and exits 0.`,
 	return cmd
 }
 
+// oneNode takes exactly one NODE argument; anything else is bad input
+// (exit 2).
+func oneNode(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("NODE: %w", err)}
+	}
+	return nil
+}
+
 // operator names who runs a command: $SUDO_USER or the user, at the host.
 func operator() string {
 	name := os.Getenv("SUDO_USER")
@@ -145,7 +154,7 @@ The drain wins over every health signal (also the last-resort rule) and
 outlives restarts of the node, its registrar and haconfd, until
 "haconfd undrain NODE". /servers, /status and "haconfd render --plan" show
 who drained it and why.`,
-		Args: cobra.ExactArgs(1),
+		Args: oneNode,
 		RunE: func(cmd *cobra.Command, a []string) error {
 			cfg, err := load(cmd)
 			if err != nil {
@@ -195,7 +204,7 @@ func newUndrain(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "undrain NODE",
 		Short: "Undo haconfd drain: the node takes connections again when its health allows",
-		Args:  cobra.ExactArgs(1),
+		Args:  oneNode,
 		RunE: func(cmd *cobra.Command, a []string) error {
 			cfg, err := load(cmd)
 			if err != nil {

@@ -1,10 +1,16 @@
 package app
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
@@ -20,6 +26,7 @@ type galeraState struct {
 	memory    map[string]node.Memory
 	handovers []render.Handover
 	notes     map[string]bool
+	recorded  map[string]recordedAt // writer updates sent, by key
 }
 
 // galeraRendered takes what a render decided: its memory for the next
@@ -51,14 +58,16 @@ func (t *HAProxyTarget) galeraRendered(out render.Output) {
 	for _, h := range out.Handovers {
 		t.log.Info("writer handed over", "service", h.Service, "from", h.Node, "to", strings.Join(h.To, ","), "why", h.Why)
 	}
+	t.recordWriters(out.WriterUpdates)
 }
 
 // handOver shuts down the sessions of the writers that handed the writes
-// over in the newest render (--writer-failover-sessions shutdown), in every
-// section of desired where their server now takes no connection (weight
-// 0): once the fast lane has moved the writes, clients that stayed on the
-// old writer reconnect to the new one, so two nodes do not take writes at
-// once. Graceful maintenance never comes here (render.Handover).
+// over in the newest render (--writer-failover-sessions shutdown), in the
+// writer sections of desired (WriterMark) where their server now takes no
+// connection (weight 0): once the fast lane has moved the writes, clients
+// that stayed on the old writer reconnect to the new one, so two nodes do
+// not take writes at once. Graceful maintenance never comes here
+// (render.Handover).
 func (t *HAProxyTarget) handOver(desired []byte) {
 	hs := t.galera.handovers
 	t.galera.handovers = nil
@@ -75,11 +84,12 @@ func (t *HAProxyTarget) handOver(desired []byte) {
 	if err != nil {
 		return
 	}
+	writerSecs := writerSections(desired)
 	var sent, servers []string
 	for _, h := range hs {
 		for _, section := range sortedKeys(lines) {
 			line, ok := lines[section][h.Server]
-			if !ok || serverWeight(line) != 0 {
+			if !ok || !writerSecs[section] || serverWeight(line) != 0 {
 				continue
 			}
 			if _, live := t.belief.Get(section, h.Server); !live {
@@ -99,6 +109,28 @@ func (t *HAProxyTarget) handOver(desired []byte) {
 		t.bus.Publish(Event{Kind: EventRuntime, Lane: "fast", Rev: t.outRev, Action: string(haproxy.ActionRuntime), Servers: servers, Commands: sent,
 			Detail: "writer handover: sessions of the old writer shut down"})
 	}
+}
+
+// WriterMark after a listen or backend section's name marks a section
+// that only the writers serve: a writer handover shuts the old writer's
+// sessions down there.
+const WriterMark = "haconfd:writers"
+
+// writerSections are the sections of cfg whose header line carries
+// WriterMark in its comment.
+func writerSections(cfg []byte) map[string]bool {
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(cfg), "\n") {
+		code, comment, ok := strings.Cut(line, "#")
+		if !ok || !strings.Contains(comment, WriterMark) {
+			continue
+		}
+		f := strings.Fields(code)
+		if len(f) >= 2 && (f[0] == "listen" || f[0] == "backend") {
+			out[f[1]] = true
+		}
+	}
+	return out
 }
 
 // serverWeight is the weight a server line sets (1 when none).
@@ -264,3 +296,103 @@ func galeraPolicy(cfg config.Config) node.Policy {
 // galeraLiveSettings are the Galera settings a settings reload applies
 // (they only change the render).
 var galeraLiveSettings = []string{"reader-bind", "writer-is-reader", "max-writers", "writer-failback", "max-recv-queue", "default-port", "cluster-bind"}
+
+// WriterStore records a service's writers for the whole fleet (etcd, with
+// a compare on the revision the render saw).
+type WriterStore interface {
+	Record(ctx context.Context, u render.WriterUpdate) error
+}
+
+// ErrWriterRace is returned by a WriterStore when another load balancer
+// recorded writers first: its choice arrives with the next snapshot.
+var ErrWriterRace = errors.New("another load balancer recorded the writers first")
+
+// etcdWriters is the WriterStore on etcd.
+type etcdWriters struct{ cli *clientv3.Client }
+
+func (s etcdWriters) Record(ctx context.Context, u render.WriterUpdate) error {
+	b, err := json.Marshal(render.WriterRecord{Writers: u.Writers})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(u.Key), "=", u.PrevRev)).
+		Then(clientv3.OpPut(u.Key, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("record writers %s: %w", u.Key, err)
+	}
+	if !resp.Succeeded {
+		return ErrWriterRace
+	}
+	return nil
+}
+
+// writerKeys is where the fleet keeps its writers: next to the status
+// prefix, as its .last-seen and .reload-lock keys ("" without one: each
+// load balancer then remembers its own writers).
+func writerKeys(cfg config.Config) string {
+	if cfg.StatusPrefix == "" {
+		return ""
+	}
+	return cfg.StatusPrefix + ".writers"
+}
+
+// watchPrefixes are the prefixes the daemon watches: the nodes', and the
+// fleet's writers.
+func watchPrefixes(cfg config.Config) []string {
+	p := slices.Clone(cfg.Prefixes)
+	if k := writerKeys(cfg); k != "" && cfg.Confdir == "" {
+		p = append(p, k)
+	}
+	return p
+}
+
+// recordWriters sends the render's writer updates to the store, in the
+// background; the same proposal is not sent again until the snapshot
+// changes it, and a service's writers are recorded at most once a second
+// (two load balancers that disagree on who is eligible do not make etcd
+// spin).
+func (t *HAProxyTarget) recordWriters(us []render.WriterUpdate) {
+	st := t.opts.Writers
+	if st == nil || t.opts.DryRun || t.lanes == nil {
+		return
+	}
+	g := &t.galera
+	if g.recorded == nil {
+		g.recorded = map[string]recordedAt{}
+	}
+	now := time.Now()
+	for _, u := range us {
+		sig := fmt.Sprintf("%d %s", u.PrevRev, strings.Join(u.Writers, ","))
+		if last, ok := g.recorded[u.Key]; ok && (last.sig == sig || now.Sub(last.at) < time.Second) {
+			continue
+		}
+		g.recorded[u.Key] = recordedAt{sig: sig, at: now}
+		ctx, log := t.ctx, t.log
+		t.lanes.Go(func() {
+			err := st.Record(ctx, u)
+			switch {
+			case errors.Is(err, ErrWriterRace):
+				log.Debug("writers recorded by another load balancer first", "key", u.Key)
+			case err != nil:
+				log.Warn("could not record the writers for the fleet", "key", u.Key, "err", err)
+			default:
+				log.Info("writers recorded for the fleet", "key", u.Key, "writers", strings.Join(u.Writers, ","), "were", strings.Join(u.Prev, ","))
+			}
+		})
+	}
+}
+
+type recordedAt struct {
+	sig string
+	at  time.Time
+}
+
+// fleetWriters is the writer store of cfg (nil without a status prefix).
+func fleetWriters(cfg config.Config, etcd *Etcd) WriterStore {
+	if writerKeys(cfg) == "" || etcd == nil || etcd.Client == nil {
+		return nil
+	}
+	return etcdWriters{cli: etcd.Client.Client}
+}

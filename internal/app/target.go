@@ -71,6 +71,8 @@ type HAProxyOptions struct {
 	// writes over (--writer-failover-sessions keep); by default they are
 	// shut down in the sections where it no longer takes connections.
 	KeepWriterSessions bool
+	// Writers records the writers for the fleet (nil: none recorded).
+	Writers WriterStore
 }
 
 // HAProxyTarget keeps a running HAProxy in step with the rendered config,

@@ -92,6 +92,7 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		Galera:       galeraPolicy(cfg),
 		DefaultPort:  cfg.DefaultPort,
 		ClusterBinds: cfg.ClusterBinds,
+		WriterKeys:   writerKeys(cfg),
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -169,7 +170,7 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 // NewWatcher returns the etcd source for cfg's prefixes.
 func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.EtcdSource, error) {
 	w, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: cfg.Prefixes,
+		Prefixes: watchPrefixes(cfg),
 		Logger:   logger.With("component", "watch"),
 		Diagnose: etcd.Diagnose,
 	})
@@ -261,9 +262,10 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Metrics:      metrics,
 
 		KeepWriterSessions: cfg.WriterFailoverSessions == config.WriterSessionsKeep,
+		Writers:            fleetWriters(cfg, etcd),
 	})
 	src, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: cfg.Prefixes,
+		Prefixes: watchPrefixes(cfg),
 		Logger:   logger.With("component", "watch"),
 		OnStatus: func(st watch.ConnState) { etcdStatus(board, bus, metrics, st) },
 		Diagnose: etcd.Diagnose,

@@ -56,7 +56,7 @@ func TestSingleWriter(t *testing.T) {
 		}
 		writer = o.Writer
 		cfg := string(o.Config)
-		for _, section := range []string{"listen galera\n", "listen galera-writer\n"} {
+		for _, section := range []string{"listen galera  # haconfd:writers\n", "listen galera-writer  # haconfd:writers\n"} {
 			i := strings.Index(cfg, section)
 			if i < 0 {
 				t.Fatalf("%s: no %q in\n%s", name, section, cfg)

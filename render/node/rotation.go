@@ -115,7 +115,10 @@ func Decide(nodes []Node, prev Memory, p Policy) Memory {
 		}
 	}
 
-	// Apply lag, with hysteresis, never emptying the section.
+	// Apply lag, with hysteresis, never emptying the section. A node out
+	// for another reason (a Donor: FLUSH TABLES WITH READ LOCK desyncs)
+	// is marked lagging too, so that it stays out once Synced again
+	// until its queue is below half the limit.
 	var lagging []string
 	if p.MaxRecvQueue > 0 {
 		was := map[string]bool{}
@@ -126,30 +129,31 @@ func Decide(nodes []Node, prev Memory, p Policy) Memory {
 		var lag []int
 		for i := range nodes {
 			n := &nodes[i]
-			if !n.InRotation || !n.RecvQueueSet {
+			if !n.RecvQueueSet {
 				continue
 			}
 			if n.RecvQueue > p.MaxRecvQueue || was[n.ID] && n.RecvQueue >= half {
 				lag = append(lag, i)
 			}
 		}
-		if len(lag) > 0 {
-			others := 0
-			for i := range nodes {
-				if nodes[i].InRotation && !slices.Contains(lag, i) {
-					others++
-				}
+		others := 0
+		for i := range nodes {
+			if nodes[i].InRotation && !slices.Contains(lag, i) {
+				others++
 			}
-			for _, i := range lag {
-				n := &nodes[i]
-				n.Lagging = true
-				lagging = append(lagging, n.ID)
-				why := fmt.Sprintf("wsrep_local_recv_queue %d above --max-recv-queue %d (back below %d)", n.RecvQueue, p.MaxRecvQueue, half)
-				if others == 0 {
-					n.Reasons = append(n.Reasons, why+"; kept: every node of the section lags")
-					continue
-				}
+		}
+		for _, i := range lag {
+			n := &nodes[i]
+			n.Lagging = true
+			lagging = append(lagging, n.ID)
+			why := fmt.Sprintf("wsrep_local_recv_queue %d above --max-recv-queue %d (back below %d)", n.RecvQueue, p.MaxRecvQueue, half)
+			switch {
+			case n.InRotation && others == 0:
+				n.Reasons = append(n.Reasons, why+"; kept: every node of the section lags")
+			case n.InRotation:
 				n.InRotation = false
+				n.Reasons = append(n.Reasons, why)
+			default:
 				n.Reasons = append(n.Reasons, why)
 			}
 		}
@@ -175,6 +179,26 @@ func Decide(nodes []Node, prev Memory, p Policy) Memory {
 	}
 
 	writers := pickWriters(nodes, prev.Writers, p.maxWriters(), p.WriterFailback)
+	if len(writers) == 0 {
+		// No node in rotation may write (the Synced ones are read-only or
+		// have priority <= 0): the writer sections' last resort is a
+		// Donor/Desynced node that may.
+		var donors []Node
+		for i := range nodes {
+			if cands[i].donor && !nodes[i].InRotation && !nodes[i].ReadOnly {
+				d := nodes[i]
+				d.Writable = true
+				donors = append(donors, d)
+			}
+		}
+		writers = pickWriters(donors, prev.Writers, p.maxWriters(), p.WriterFailback)
+		for i := range nodes {
+			if slices.Contains(writers, nodes[i].ID) {
+				nodes[i].LastResort = true
+				nodes[i].Reasons = append(nodes[i].Reasons, "Donor/Desynced, a writer as the last resort: no node in rotation may take writes")
+			}
+		}
+	}
 	isWriter := map[string]bool{}
 	for _, id := range writers {
 		isWriter[id] = true

@@ -135,6 +135,14 @@ func TestDecideRotation(t *testing.T) {
 				n.Notify = &node.NotifyRecord{Status: "synced", Primary: yes(), Index: idx(0), Members: []node.Member{{UUID: "ub"}}, Rev: 12}
 			}))},
 			in: []string{"a", "b"}},
+		{name: "own record newer than the view: not judged by it", nodes: []node.Node{
+			gn("a", 0, with(func(n *node.Node) {
+				n.Notify = &node.NotifyRecord{Status: "synced", Index: idx(0), Members: []node.Member{{UUID: "ua3"}}, Rev: 14}
+			})),
+			gn("b", 1, with(func(n *node.Node) {
+				n.Notify = &node.NotifyRecord{Status: "synced", Primary: yes(), Index: idx(0), Members: []node.Member{{UUID: "ub"}}, Rev: 12}
+			}))},
+			in: []string{"a", "b"}},
 		{name: "read-only nodes take reads only", nodes: []node.Node{gn("a", 0, with(func(n *node.Node) { n.ReadOnly = true })), gn("b", 1)},
 			in: []string{"a", "b"}, why: map[string]string{"a": "read_only ON"}},
 	}
@@ -251,5 +259,36 @@ func TestDecideReaders(t *testing.T) {
 	node.Decide(alone, node.Memory{}, node.Policy{WritersNotReaders: true})
 	if !alone[0].Reader || alone[1].Reader {
 		t.Fatalf("alone: a reader %v, b reader %v", alone[0].Reader, alone[1].Reader)
+	}
+}
+
+// A node out for another reason (FLUSH TABLES WITH READ LOCK desyncs it)
+// is remembered as lagging: Synced again, it stays out until its queue is
+// below half the limit.
+func TestDecideLagWhileDonor(t *testing.T) {
+	p := node.Policy{MaxRecvQueue: 100}
+	nodes := []node.Node{gn("a", 0, state(node.StateDonor), recvQ(1400)), gn("b", 1)}
+	m := node.Decide(nodes, node.Memory{}, p)
+	if !slices.Equal(m.Lagging, []string{"a"}) || !strings.Contains(reasonsOf(nodes, "a"), "wsrep_local_recv_queue 1400") {
+		t.Fatalf("memory %+v reasons %q", m, reasonsOf(nodes, "a"))
+	}
+	nodes = []node.Node{gn("a", 0, recvQ(300)), gn("b", 1)}
+	m = node.Decide(nodes, m, p)
+	if nodes[0].InRotation {
+		t.Fatal("Synced again with a queue of 300: back in rotation")
+	}
+	nodes = []node.Node{gn("a", 0, recvQ(20)), gn("b", 1)}
+	if node.Decide(nodes, m, p); !nodes[0].InRotation {
+		t.Fatalf("queue 20: still out: %v", nodes[0].Reasons)
+	}
+}
+
+// The writer sections' last resort: the only Synced node may not write
+// (priority 0), so a Donor that may takes the writes.
+func TestDecideWriterLastResort(t *testing.T) {
+	nodes := []node.Node{gn("a", 0, prio(2), state(node.StateDonor)), gn("b", 1, prio(0)), gn("c", 2, prio(1), state("Joining"))}
+	m := node.Decide(nodes, node.Memory{}, node.Policy{})
+	if !slices.Equal(m.Writers, []string{"a"}) || nodes[0].InRotation || !nodes[0].LastResort || !nodes[1].InRotation {
+		t.Fatalf("writers %v; a in %v last resort %v; b in %v", m.Writers, nodes[0].InRotation, nodes[0].LastResort, nodes[1].InRotation)
 	}
 }
