@@ -181,6 +181,21 @@ func (e *env) extendedSteps(ctx context.Context, cl *client) []step {
 			e.note("node3 back, preferred: writer on lb1 and lb2", "node1, node1 (sticky)")
 			return nil
 		}},
+		{name: "a load balancer started now (lb4) takes the fleet's writer", do: func() error {
+			l4 := e.lbs[3]
+			if err := e.startLB(3, l4); err != nil {
+				return err
+			}
+			if err := e.waitUp(ctx, l4, 3, 30*time.Second); err != nil {
+				return err
+			}
+			writers = append(writers, l4)
+			if err := e.sameWriter(ctx, writers, "node1", 5*time.Second); err != nil {
+				return err
+			}
+			e.note("lb4 started after the failover: writer", "node1 on lb1, lb2, lb4 (the fleet's; node3 is preferred)")
+			return nil
+		}},
 		{name: "stop node1 and node2", errorsOK: true, do: func() error {
 			for _, n := range []*node{n1, n2} {
 				if err := e.stopNode(n, syscall.SIGTERM); err != nil {

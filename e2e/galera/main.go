@@ -140,6 +140,7 @@ type lb struct {
 	sock   string
 	listen string // haconfd's HTTP
 	args   []string
+	late   bool // started by a step (a load balancer that comes after the changes)
 }
 
 type node struct {
@@ -223,6 +224,9 @@ func (e *env) run(ctx context.Context) error {
 	e.note("cluster of 3 Synced (bootstrap + 2 SST joins)", "%s", time.Since(clusterStart).Round(100*time.Millisecond))
 	lbStart := time.Now()
 	for _, l := range e.lbs {
+		if l.late {
+			continue
+		}
 		if err := e.waitUp(ctx, l, 3, 60*time.Second); err != nil {
 			return err
 		}
@@ -553,12 +557,12 @@ func (e *env) prepare() error {
 		return err
 	}
 	e.etcdURL = "http://" + etcdAddr
-	names := []string{"lb1", "lb2", "lb3"}
+	names := []string{"lb1", "lb2", "lb3", "lb4"}
 	if e.f.baseline {
 		names = names[:1]
 	}
 	for _, name := range names {
-		l := &lb{name: name, dir: filepath.Join(e.dir, name)}
+		l := &lb{name: name, dir: filepath.Join(e.dir, name), late: name == "lb4"}
 		if err := os.MkdirAll(l.dir, 0o755); err != nil {
 			return err
 		}
@@ -756,6 +760,19 @@ func (e *env) cleanup() {
 // writers), lb3 serving the cluster as severalnines' image registers it.
 func (e *env) startHaconfd() error {
 	for i, l := range e.lbs {
+		if l.late {
+			continue
+		}
+		if err := e.startLB(i, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startLB starts haconfd run for l (the first one with the embedded etcd).
+func (e *env) startLB(i int, l *lb) error {
+	{
 		args := []string{"run", "--instance", l.name, "--listen", l.listen,
 			"--output", filepath.Join(l.dir, "haproxy.cfg"), "--pidfile", filepath.Join(l.dir, "haproxy.pid"),
 			"--runtime-socket", l.sock, "--bind", l.front,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/haconfd/haconfd/haproxy"
@@ -27,6 +28,7 @@ type galeraState struct {
 	handovers []render.Handover
 	notes     map[string]bool
 	recorded  map[string]recordedAt // writer updates sent, by key
+	metrics   *galeraMetrics
 }
 
 // galeraRendered takes what a render decided: its memory for the next
@@ -59,6 +61,7 @@ func (t *HAProxyTarget) galeraRendered(out render.Output) {
 		t.log.Info("writer handed over", "service", h.Service, "from", h.Node, "to", strings.Join(h.To, ","), "why", h.Why)
 	}
 	t.recordWriters(out.WriterUpdates)
+	t.observeNodes(out)
 }
 
 // handOver shuts down the sessions of the writers that handed the writes
@@ -395,4 +398,73 @@ func fleetWriters(cfg config.Config, etcd *Etcd) WriterStore {
 		return nil
 	}
 	return etcdWriters{cli: etcd.Client.Client}
+}
+
+// galeraMetrics are the rotation gauges: registered on the target's
+// registry at its first render.
+type galeraMetrics struct {
+	inRotation *prometheus.GaugeVec
+	writer     *prometheus.GaugeVec
+	out        *prometheus.GaugeVec
+}
+
+// reasonCodes name the kinds of reasons for haconfd_nodes_out_of_rotation.
+var reasonCodes = []struct{ part, code string }{
+	{"drained by an operator", "drained"},
+	{"unreadable signal", "unreadable_signal"},
+	{"wsrep_local_recv_queue", "lag"},
+	{"wsrep_reject_queries", "reject_queries"},
+	{"pxc_maint_mode", "maintenance"},
+	{"wsrep_ready OFF", "not_ready"},
+	{"Primary component", "non_primary"},
+	{"Donor/Desynced", "donor"},
+	{"is not Synced", "not_synced"},
+}
+
+func reasonCode(reasons []string) string {
+	all := strings.Join(reasons, "; ")
+	for _, rc := range reasonCodes {
+		if strings.Contains(all, rc.part) {
+			return rc.code
+		}
+	}
+	return "other"
+}
+
+// observeNodes sets the rotation gauges from a render.
+func (t *HAProxyTarget) observeNodes(out render.Output) {
+	m := t.opts.Metrics
+	if m == nil || m.Registry == nil {
+		return
+	}
+	g := t.galera.metrics
+	if g == nil {
+		g = &galeraMetrics{
+			inRotation: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "haconfd_node_in_rotation",
+				Help: "1 when the node takes new connections (its service's multi-writer and reader sections), 0 when it is out of rotation (/servers says why)."}, []string{"service", "node"}),
+			writer: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "haconfd_node_writer",
+				Help: "1 when the node is one of its service's writers."}, []string{"service", "node"}),
+			out: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "haconfd_nodes_out_of_rotation",
+				Help: "Nodes out of rotation by service and first reason: drained, unreadable_signal, lag, reject_queries, maintenance, not_ready, non_primary, donor, not_synced, other."}, []string{"service", "reason"}),
+		}
+		for _, c := range []prometheus.Collector{g.inRotation, g.writer, g.out} {
+			if err := m.Registry.Register(c); err != nil {
+				t.log.Warn("node rotation metrics not registered", "err", err)
+				return
+			}
+		}
+		t.galera.metrics = g
+	}
+	g.inRotation.Reset()
+	g.writer.Reset()
+	g.out.Reset()
+	for _, s := range out.Services {
+		for _, n := range s.Nodes {
+			g.inRotation.WithLabelValues(s.Name, n.ID).Set(b2f(n.InRotation))
+			g.writer.WithLabelValues(s.Name, n.ID).Set(b2f(n.IsWriter))
+			if !n.InRotation {
+				g.out.WithLabelValues(s.Name, reasonCode(n.Reasons)).Inc()
+			}
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -42,7 +43,7 @@ func galeraRig(t *testing.T, flags ...string) *rig {
 	}
 	r := &rig{t: t, src: make(chanSource), hx: newFakeHAProxy(), board: &Board{}, bus: NewBus(), clock: newFakeClock(), kvs: map[string]string{}}
 	r.tgt = NewHAProxyTarget(rend, r.hx, r.hx, nil, HAProxyOptions{
-		Board: r.board, Bus: r.bus, RetryMin: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond,
+		Board: r.board, Bus: r.bus, RetryMin: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond, Metrics: NewMetrics(),
 		KeepWriterSessions: cfg.WriterFailoverSessions == config.WriterSessionsKeep,
 	})
 	loop := NewLoop(r.src, r.tgt, LoopOptions{WaitMin: time.Millisecond, WaitMax: 4 * time.Millisecond,
@@ -280,5 +281,29 @@ func TestEtcdWritersRecord(t *testing.T) {
 	}
 	if err := st.Record(ctx, render.WriterUpdate{Key: key, Writers: []string{"c"}, PrevRev: rev}); !errors.Is(err, ErrWriterRace) {
 		t.Fatalf("stale revision: %v", err)
+	}
+}
+
+// /metrics says for each node whether it is in rotation or a writer, and
+// counts the nodes out by reason.
+func TestNodeMetrics(t *testing.T) {
+	r := galeraRig(t)
+	rev := r.set(slices.Concat(nodeKVs("a", 1, "priority=1"), nodeKVs("b", 2, `drain={"by":"x","reason":"y"}`), nodeKVs("c", 3, "wsrep_reject_queries=ALL"))...)
+	r.waitApplied(rev)
+	reg := r.tgt.opts.Metrics.Registry
+	want := `
+# HELP haconfd_nodes_out_of_rotation Nodes out of rotation by service and first reason: drained, unreadable_signal, lag, reject_queries, maintenance, not_ready, non_primary, donor, not_synced, other.
+# TYPE haconfd_nodes_out_of_rotation gauge
+haconfd_nodes_out_of_rotation{reason="drained",service="galera"} 1
+haconfd_nodes_out_of_rotation{reason="reject_queries",service="galera"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "haconfd_nodes_out_of_rotation"); err != nil {
+		t.Fatal(err)
+	}
+	in := testutil.ToFloat64(r.tgt.galera.metrics.inRotation.WithLabelValues("galera", "a"))
+	out := testutil.ToFloat64(r.tgt.galera.metrics.inRotation.WithLabelValues("galera", "b"))
+	w := testutil.ToFloat64(r.tgt.galera.metrics.writer.WithLabelValues("galera", "a"))
+	if in != 1 || out != 0 || w != 1 {
+		t.Fatalf("a in %v writer %v, b in %v", in, w, out)
 	}
 }
