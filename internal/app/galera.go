@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/haconfd/haconfd/haproxy"
@@ -341,12 +343,31 @@ func writerKeys(cfg config.Config) string {
 	return cfg.StatusPrefix + ".writers"
 }
 
+// sharedWriterKeys is the writers prefix when the fleet shares writers:
+// a writer section is configured (--single-writer, --writer-bind) and
+// etcd lets this instance read the prefix (an etcd user limited to the
+// node prefix keeps its own writers, with a warning, rather than lose
+// the node watch). "" otherwise.
+func sharedWriterKeys(ctx context.Context, cfg config.Config, etcd *Etcd, logger *slog.Logger) string {
+	k := writerKeys(cfg)
+	if k == "" || cfg.Confdir != "" || !(cfg.SingleWriter || cfg.WriterBind != "") || etcd == nil || etcd.Client == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := etcd.Client.Client.Get(ctx, k+"/", clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly()); errors.Is(err, rpctypes.ErrPermissionDenied) {
+		logger.Warn("the writers are not shared with the fleet: etcd denies reading them; this instance keeps its own", "key", k, "err", err)
+		return ""
+	}
+	return k
+}
+
 // watchPrefixes are the prefixes the daemon watches: the nodes', and the
-// fleet's writers.
-func watchPrefixes(cfg config.Config) []string {
+// fleet's writers (wk, "" for none).
+func watchPrefixes(cfg config.Config, wk string) []string {
 	p := slices.Clone(cfg.Prefixes)
-	if k := writerKeys(cfg); k != "" && cfg.Confdir == "" {
-		p = append(p, k)
+	if wk != "" {
+		p = append(p, wk)
 	}
 	return p
 }
@@ -376,6 +397,9 @@ func (t *HAProxyTarget) recordWriters(us []render.WriterUpdate) {
 		t.lanes.Go(func() {
 			err := st.Record(ctx, u)
 			switch {
+			case errors.Is(err, rpctypes.ErrPermissionDenied):
+				log.Warn("the writers are not shared with the fleet: etcd denies writing them; this instance keeps its own choice", "key", u.Key, "err", err)
+				t.lanes.Post(func() { t.opts.Writers = nil })
 			case errors.Is(err, ErrWriterRace):
 				log.Debug("writers recorded by another load balancer first", "key", u.Key)
 			case err != nil:
@@ -392,9 +416,9 @@ type recordedAt struct {
 	at  time.Time
 }
 
-// fleetWriters is the writer store of cfg (nil without a status prefix).
-func fleetWriters(cfg config.Config, etcd *Etcd) WriterStore {
-	if writerKeys(cfg) == "" || etcd == nil || etcd.Client == nil {
+// fleetWriters is the writer store (nil when the writers are not shared).
+func fleetWriters(wk string, etcd *Etcd) WriterStore {
+	if wk == "" || etcd == nil || etcd.Client == nil {
 		return nil
 	}
 	return etcdWriters{cli: etcd.Client.Client}

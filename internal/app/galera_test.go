@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/internal/etcdclient"
+	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/internal/etcdtest"
 	"github.com/haconfd/haconfd/render"
 	"github.com/haconfd/haconfd/watch"
@@ -305,5 +308,39 @@ haconfd_nodes_out_of_rotation{reason="reject_queries",service="galera"} 1
 	w := testutil.ToFloat64(r.tgt.galera.metrics.writer.WithLabelValues("galera", "a"))
 	if in != 1 || out != 0 || w != 1 {
 		t.Fatalf("a in %v writer %v, b in %v", in, w, out)
+	}
+}
+
+// An etcd user that may read only the node prefix keeps its own writers
+// (a warning) and its node watch: the writers prefix is not watched.
+func TestSharedWriterKeysPermission(t *testing.T) {
+	srv := etcdtest.StartWith(t, etcdserver.Options{Auth: &etcdserver.Auth{
+		RootPassword: "root-pw",
+		Users:        []etcdserver.User{{Name: "lb", Password: "lb-pw", ReadPrefix: "/components/galera"}},
+	}})
+	cfg := config.Defaults()
+	cfg.WriterBind = "127.0.0.1:3307"
+	var logs strings.Builder
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: "lb", Password: "lb-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	e := &Etcd{Client: &etcdclient.Client{Client: cli}}
+	if wk := sharedWriterKeys(context.Background(), cfg, e, logger); wk != "" || !strings.Contains(logs.String(), "etcd denies reading them") {
+		t.Fatalf("writers %q, log %q", wk, logs.String())
+	}
+	root, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: "root", Password: "root-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if wk := sharedWriterKeys(context.Background(), cfg, &Etcd{Client: &etcdclient.Client{Client: root}}, logger); wk != "/haconfd/instances.writers" {
+		t.Fatalf("root: writers %q", wk)
+	}
+	cfg.WriterBind = ""
+	if wk := sharedWriterKeys(context.Background(), cfg, &Etcd{Client: &etcdclient.Client{Client: root}}, logger); wk != "" {
+		t.Fatalf("no writer section: writers %q", wk)
 	}
 }

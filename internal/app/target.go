@@ -1179,6 +1179,7 @@ func (t *HAProxyTarget) publishServers() {
 					}
 				}
 			}
+			v.InRotation = !v.Disabled && v.Weight > 0
 			if n, ok := nodes[name]; ok {
 				v.Node, v.State = n.ID, n.State
 				nodeView(&v, n)

@@ -170,7 +170,7 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 // NewWatcher returns the etcd source for cfg's prefixes.
 func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.EtcdSource, error) {
 	w, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: watchPrefixes(cfg),
+		Prefixes: watchPrefixes(cfg, sharedWriterKeys(context.Background(), cfg, etcd, logger)),
 		Logger:   logger.With("component", "watch"),
 		Diagnose: etcd.Diagnose,
 	})
@@ -238,6 +238,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		}
 	}
 	board, bus, metrics := &Board{}, NewBus(), NewMetrics()
+	writers := sharedWriterKeys(ctx, cfg, etcd, logger) // the fleet's writers, "" when not shared
 	version := haproxyVersion(ctx, cfg.HAProxyBin)
 	board.Update(func(s *Status) { s.HAProxy.Version = version })
 	var slot ReloadSlot
@@ -262,10 +263,10 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Metrics:      metrics,
 
 		KeepWriterSessions: cfg.WriterFailoverSessions == config.WriterSessionsKeep,
-		Writers:            fleetWriters(cfg, etcd),
+		Writers:            fleetWriters(writers, etcd),
 	})
 	src, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: watchPrefixes(cfg),
+		Prefixes: watchPrefixes(cfg, writers),
 		Logger:   logger.With("component", "watch"),
 		OnStatus: func(st watch.ConnState) { etcdStatus(board, bus, metrics, st) },
 		Diagnose: etcd.Diagnose,

@@ -107,7 +107,7 @@ func Decide(nodes []Node, prev Memory, p Policy) Memory {
 		if len(n.Reasons) == 0 {
 			if donor {
 				cands[i].donor = true
-				n.Reasons = append(n.Reasons, fmt.Sprintf("Galera state %q%s: a Donor/Desynced node takes traffic only when no Synced node is left", donorName(state), via))
+				n.Reasons = append(n.Reasons, fmt.Sprintf("Galera state %q%s is not Synced: a Donor/Desynced node takes traffic only when no Synced node is left", donorName(state), via))
 			} else {
 				n.InRotation = true
 				anyFit = true
