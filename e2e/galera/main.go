@@ -27,6 +27,7 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -127,7 +128,9 @@ type env struct {
 	rows    []summaryRow
 
 	mu     sync.Mutex
-	events []event // signals, drains: when a node was made to leave or come back
+	events []event        // signals, drains: when a node was made to leave or come back
+	notes  []summaryRow   // figures noted from other goroutines
+	wg     sync.WaitGroup // those goroutines
 }
 
 // lb is one haconfd run with its HAProxy.
@@ -483,6 +486,8 @@ func fmtCounts(m map[string]int) string {
 }
 
 func (e *env) printSummary() {
+	e.wg.Wait()
+	e.rows = append(e.rows, e.notes...)
 	fmt.Printf("\nSUMMARY\n")
 	for _, r := range e.rows {
 		fmt.Printf("  %-52s %s\n", r.what, r.value)
@@ -884,7 +889,45 @@ func (e *env) signalNode(n *node, sig syscall.Signal) time.Time {
 	at := e.event(n.name, kind)
 	logf("%s: %s to mariadbd", n.name, sig)
 	_ = n.proc.cmd.Process.Signal(sig)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.statePublished(n, kind, at)
+	}()
 	return at
+}
+
+// statePublished notes how long after at the node's published state
+// (what its registrar, or Galera through haconfd notify, says in etcd)
+// stopped being Synced.
+func (e *env) statePublished(n *node, kind string, at time.Time) {
+	key := "/components/galera/" + n.name + "/wsrep_local_state_comment"
+	notify := "/components/galera/" + n.name + "/wsrep_notify"
+	for time.Since(at) < 10*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := e.etcd.Get(ctx, key)
+		nresp, nerr := e.etcd.Get(ctx, notify)
+		cancel()
+		var via []string
+		if err == nil && (len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != "Synced") {
+			via = append(via, "registrar")
+		}
+		if nerr == nil && len(nresp.Kvs) > 0 && nresp.Kvs[0].ModRevision > 0 {
+			var rec struct {
+				Status string `json:"status"`
+			}
+			if json.Unmarshal(nresp.Kvs[0].Value, &rec) == nil && rec.Status != "" && rec.Status != "synced" {
+				via = append(via, "notify ("+rec.Status+")")
+			}
+		}
+		if len(via) > 0 {
+			e.mu.Lock()
+			e.notes = append(e.notes, summaryRow{fmt.Sprintf("%s %s: out in etcd", n.name, kind), fmt.Sprintf("%s after the signal, by %s", time.Since(at).Round(time.Millisecond), strings.Join(via, " and "))})
+			e.mu.Unlock()
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // waitState polls the node (over its socket) until wsrep_local_state_comment
