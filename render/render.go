@@ -305,11 +305,16 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		taken[n] = true
 	}
 	for i, p := range r.opts.Prefixes {
-		nodes, problems := node.ParseSortedWith(p, sorted, revs, popts)
+		parsed := node.ParsePrefix(p, sorted, revs, popts)
+		nodes, problems := parsed.Nodes, parsed.Problems
 		out.Services = append(out.Services, Service{Name: r.names[i], Prefix: p, Nodes: nodes})
 		out.Problems = append(out.Problems, problems...)
 		clustered := 0
-		for _, c := range node.Clusters(p, sorted) {
+		var clusters []string
+		if parsed.Deep {
+			clusters = node.Clusters(p, sorted)
+		}
+		for _, c := range clusters {
 			cp := node.TrimPrefix(p) + "/" + c
 			cn, cprobs := node.ParseSortedWith(cp, sorted, revs, popts)
 			out.Problems = append(out.Problems, cprobs...)

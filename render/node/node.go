@@ -60,6 +60,17 @@ type Node struct {
 	Weighted bool // Weight is not DefaultWeight, so a server line needs "weight N"
 	IsWriter bool // one of the writers (Data.Writer is the first); set by Decide
 
+	// Rotation, set by Decide for the nodes of one section (service).
+	// These and the fields above come first: text/template finds a field
+	// by a linear search of the struct's fields, for every node.
+	InRotation bool     // takes new connections (reads; writes too in multi-writer sections unless ReadOnly)
+	Writable   bool     // InRotation and not read-only: may take writes
+	Reader     bool     // takes connections in the reader section (--reader-bind)
+	LastResort bool     // in rotation only because no Synced node is left (a Donor/Desynced node)
+	Lagging    bool     // drained for apply lag (--max-recv-queue)
+	CheckPort  int      // the node's own health-check port (0: the section's)
+	Reasons    []string // why it is out of rotation (or in by exception), for /servers, --plan and logs
+
 	// Galera signals (signals.go), "" / false / unset when unpublished.
 	Ready               string // wsrep_ready: ON or OFF
 	ClusterStatus       string // wsrep_cluster_status: Primary, non-Primary, Disconnected
@@ -74,21 +85,12 @@ type Node struct {
 	LastCommitted       string // wsrep_last_committed as published
 	Priority            int    // writer priority, when PrioritySet: lowest positive wins, <= 0 never a writer
 	PrioritySet         bool
-	CheckPort           int           // the node's own health-check port (0: the section's)
 	Drain               *AdminDrain   // an operator's drain (nil: none)
 	Notify              *NotifyRecord // the node's last wsrep_notify record (nil: none)
 	StateRev            int64         // etcd revision of the state key (0 unknown)
 	// Bad lists the signals that could not be read: the node stays
 	// configured, out of rotation.
 	Bad []string
-
-	// Rotation, set by Decide for the nodes of one section (service):
-	InRotation bool     // takes new connections (reads; writes too in multi-writer sections unless ReadOnly)
-	Writable   bool     // InRotation and not read-only: may take writes
-	Reader     bool     // takes connections in the reader section (--reader-bind)
-	LastResort bool     // in rotation only because no Synced node is left (a Donor/Desynced node)
-	Lagging    bool     // drained for apply lag (--max-recv-queue)
-	Reasons    []string // why it is out of rotation (or in by exception), for /servers, --plan and logs
 }
 
 // KV is one etcd key and its value.
@@ -222,10 +224,37 @@ const adminOnly = 1<<(dirSig+dirField(sigDrain)) | 1<<(dirSig+dirField(sigNotify
 // dirFields are the directory-style values of one node, <prefix>/<id>/<field>
 // = value, for the fields haconfd reads: fixed slots, not a map per node.
 type dirFields struct {
-	v   [numDirFields]string
-	has uint32 // bit f set: v[f] was given
+	v   [dirSig]string // the registration's own fields
+	has uint32         // bit f set: field f was given (v, or sig for the signals)
+	// sig holds the signal fields (signals.go), allocated at the first
+	// one: a node without signals costs no more than it did before them.
+	sig *[numSig]string
 	// etcd revisions of the state and wsrep_notify keys (0 unknown).
 	stateRev, notifyRev int64
+}
+
+// set records field f = v.
+func (d *dirFields) set(f dirField, v string) {
+	if f >= dirSig {
+		if d.sig == nil {
+			d.sig = new([numSig]string)
+		}
+		d.sig[f-dirSig] = v
+	} else {
+		d.v[f] = v
+	}
+	d.has |= 1 << f
+}
+
+// get returns field f.
+func (d *dirFields) get(f dirField) string {
+	if f >= dirSig {
+		if d.sig == nil {
+			return ""
+		}
+		return d.sig[f-dirSig]
+	}
+	return d.v[f]
 }
 
 // dirSlab holds dirFields in fixed chunks: growing it never copies, and at
@@ -286,7 +315,8 @@ func (o Options) port() int {
 
 // ParseWith is Parse with options.
 func ParseWith(prefix string, kvs map[string]string, o Options) ([]Node, []Problem) {
-	return parseNodes(prefix, len(kvs), maps.All(kvs), nil, o)
+	nodes, problems, _ := parseNodes(prefix, len(kvs), maps.All(kvs), nil, o)
+	return nodes, problems
 }
 
 // ParseSorted is Parse over key/value pairs sorted by key (as
@@ -301,6 +331,21 @@ func ParseSorted(prefix string, kvs []KV) ([]Node, []Problem) {
 // the etcd mod revision of each pair of kvs (same index), which orders a
 // node's state and wsrep_notify keys (Node.StateRev, NotifyRecord.Rev).
 func ParseSortedWith(prefix string, kvs []KV, revs []int64, o Options) ([]Node, []Problem) {
+	r := ParsePrefix(prefix, kvs, revs, o)
+	return r.Nodes, r.Problems
+}
+
+// Parsed is what ParsePrefix found under a prefix.
+type Parsed struct {
+	Nodes    []Node
+	Problems []Problem
+	// Deep: some keys are more than two levels below the prefix (they
+	// may be clusters' nodes: Clusters says).
+	Deep bool
+}
+
+// ParsePrefix is ParseSortedWith, also saying whether deeper keys exist.
+func ParsePrefix(prefix string, kvs []KV, revs []int64, o Options) Parsed {
 	lo, hi := SortedRange(prefix, kvs)
 	sub := kvs[lo:hi]
 	var rev func(int) int64
@@ -308,13 +353,15 @@ func ParseSortedWith(prefix string, kvs []KV, revs []int64, o Options) ([]Node, 
 		subRevs := revs[lo:hi]
 		rev = func(i int) int64 { return subRevs[i] }
 	}
-	return parseNodes(prefix, len(sub), func(yield func(string, string) bool) {
+	var out Parsed
+	out.Nodes, out.Problems, out.Deep = parseNodes(prefix, len(sub), func(yield func(string, string) bool) {
 		for _, kv := range sub {
 			if !yield(kv.Key, kv.Value) {
 				return
 			}
 		}
 	}, rev, o)
+	return out
 }
 
 // SortedRange returns the bounds of the pairs of kvs (sorted by key) that
@@ -331,7 +378,7 @@ func SortedRange(prefix string, kvs []KV) (lo, hi int) {
 
 // parseNodes is Parse over n key/value pairs from kvs; rev (may be nil)
 // gives the revision of the i-th pair.
-func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(int) int64, o Options) ([]Node, []Problem) {
+func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(int) int64, o Options) (_ []Node, _ []Problem, deepKeys bool) {
 	p := TrimPrefix(prefix)
 	under := p + "/"
 	// Nodes are gathered in a slice indexed through a map, not a map of
@@ -354,6 +401,7 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(in
 		}
 		id, field, deep := strings.Cut(rest, "/")
 		if deep && (field == "" || strings.Contains(field, "/")) {
+			deepKeys = true
 			continue // deeper keys are ignored
 		}
 		i, ok := last, last >= 0 && id == lastID
@@ -382,8 +430,7 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(in
 			r.dir = dirs.add()
 		}
 		d := dirs.at(r.dir)
-		d.v[f] = v
-		d.has |= 1 << f
+		d.set(f, v)
 		if rev != nil {
 			switch f {
 			case dirState, dirWsrepSC:
@@ -427,7 +474,7 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(in
 	nodes, dup := assignNames(nodes)
 	problems = append(problems, dup...)
 	SortProblems(problems)
-	return nodes, problems
+	return nodes, problems, deepKeys
 }
 
 // SortProblems sorts problems by key, then reason.
@@ -469,7 +516,7 @@ func buildNode(r *rawNode, d *dirFields, o Options) (Node, error) {
 	set := func(dst *string, fields ...dirField) {
 		for _, i := range fields {
 			if d.has&(1<<i) != 0 {
-				*dst = d.v[i]
+				*dst = d.get(i)
 				return
 			}
 		}
@@ -486,8 +533,10 @@ func buildNode(r *rawNode, d *dirFields, o Options) (Node, error) {
 	set(&f.weight, dirWeight)
 	set(&f.state, dirState, dirWsrepSC)
 	set(&f.index, dirWsrepIdx, dirIndex)
-	for g := sig(0); g < numSig; g++ {
-		set(&f.sig[g], dirSig+dirField(g))
+	if d.sig != nil {
+		for g := sig(0); g < numSig; g++ {
+			set(&f.sig[g], dirSig+dirField(g))
+		}
 	}
 	// severalnines' layout: the directory is named after the node's IP
 	// and has no ip key (nor a value).

@@ -326,6 +326,26 @@ func pickWriters(nodes []Node, prev []string, max int, failback bool) []string {
 			elig = append(elig, i)
 		}
 	}
+	if max == 1 && len(elig) > 1 {
+		// One writer (the usual case): the best one, in one pass instead
+		// of a sort of every node (at 10,000 nodes, milliseconds).
+		best := elig[0]
+		for _, i := range elig[1:] {
+			if writerRank(nodes[i], nodes[best]) < 0 {
+				best = i
+			}
+		}
+		if !failback {
+			for _, id := range prev {
+				for _, i := range elig {
+					if nodes[i].ID == id {
+						return []string{id}
+					}
+				}
+			}
+		}
+		return []string{nodes[best].ID}
+	}
 	slices.SortFunc(elig, func(a, b int) int { return writerRank(nodes[a], nodes[b]) })
 	var out []string
 	if !failback {
