@@ -209,7 +209,7 @@ func TestPage(t *testing.T) {
 	e.putJSON("db3", dbs["db3"].Port, "Donor/Desynced")
 	domWait(t, ctx, "db3 out of rotation", rowsJS, func(rows []domRow) bool {
 		r, _ := rowByKey(rows, "galera/db3")
-		return r.Admin == "maint" && !r.Mismatch && strings.Contains(r.Text, `Galera state "Donor/Desynced" is not Synced`)
+		return r.Admin == "ready" && !r.Mismatch && strings.Contains(r.Text, "out of rotation") && strings.Contains(r.Text, `Galera state "Donor/Desynced" is not Synced`)
 	})
 
 	// 5. A removal held by --max-remove: its reason, on the page.

@@ -26,6 +26,9 @@ const (
 	// OpFreeSlot: a slot that served a node goes back to its placeholder
 	// (drain like a removal, maint, placeholder address).
 	OpFreeSlot OpKind = "free-slot"
+	// OpShutdownSessions ends the sessions of a server that stays
+	// configured (a writer that handed the writes over).
+	OpShutdownSessions OpKind = "shutdown-sessions"
 )
 
 // ServerOp is one server change that the runtime API can apply.
@@ -230,6 +233,8 @@ func (op ServerOp) split() (now []string, wait bool, after []string) {
 		return now, true, after
 	case OpFillSlot:
 		now = append(append([]string{addr}, weight()...), op.readyLine(id, true))
+	case OpShutdownSessions:
+		now = []string{"shutdown sessions server " + id}
 	case OpUpdate:
 		moved := op.Addr != op.PrevAddr || op.Port != op.PrevPort
 		wasDisabled := op.PrevDisabled

@@ -16,6 +16,7 @@ import (
 
 	"github.com/haconfd/haconfd/internal/testhaproxy"
 	"github.com/haconfd/haconfd/render"
+	"github.com/haconfd/haconfd/render/node"
 	"github.com/haconfd/haconfd/templates"
 )
 
@@ -81,6 +82,15 @@ func goldenCase(t *testing.T, dir string) (cfg []byte, problems string, custom b
 	readJSON(t, filepath.Join(dir, "vars.json"), &vars)
 	prefixes := []string{"/components/galera"}
 	readJSON(t, filepath.Join(dir, "prefixes.json"), &prefixes)
+	var opts struct {
+		ClusterBinds   map[string]string `json:"cluster_binds"`
+		DefaultPort    int               `json:"default_port"`
+		MaxRecvQueue   int64             `json:"max_recv_queue"`
+		MaxWriters     int               `json:"max_writers"`
+		WriterFailback bool              `json:"writer_failback"`
+		WriterNotRead  bool              `json:"writers_not_readers"`
+	}
+	readJSON(t, filepath.Join(dir, "options.json"), &opts)
 	tmpls := defaultTemplates(t)
 	if b, err := os.ReadFile(filepath.Join(dir, "template.tmpl")); err == nil {
 		tmpls = []render.Template{{Name: "template.tmpl", Text: string(b)}}
@@ -92,6 +102,10 @@ func goldenCase(t *testing.T, dir string) (cfg []byte, problems string, custom b
 		Vars:      vars,
 		Getenv:    func(k string) string { return map[string]string{"HACONFD_TEST": "from-env"}[k] },
 		Now:       func() time.Time { return time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC) },
+		Galera: node.Policy{MaxRecvQueue: opts.MaxRecvQueue, MaxWriters: opts.MaxWriters,
+			WriterFailback: opts.WriterFailback, WritersNotReaders: opts.WriterNotRead},
+		DefaultPort:  opts.DefaultPort,
+		ClusterBinds: opts.ClusterBinds,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -103,6 +117,9 @@ func goldenCase(t *testing.T, dir string) (cfg []byte, problems string, custom b
 	var pb strings.Builder
 	for _, p := range out.Problems {
 		pb.WriteString(p.Error() + "\n")
+	}
+	for _, n := range out.Notes {
+		pb.WriteString("note: " + n + "\n")
 	}
 	// Determinism: a second render gives the same bytes.
 	again, err := r.Render(render.Input{Revision: snap.Revision, KVs: kvs})

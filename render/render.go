@@ -11,9 +11,11 @@ package render
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/haconfd/haconfd/render/node"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,11 +32,18 @@ type Input struct {
 	KVs      map[string]string
 	// Writer is the single writer chosen by the previous render ("" at
 	// first): kept while it stays eligible, so the writer does not flap.
+	// Memory, when set, wins for the services it names.
 	Writer string
+	// Memory is what the previous render decided per service (Output.Memory):
+	// writers kept while eligible, nodes drained for apply lag.
+	Memory map[string]node.Memory
 	// Sorted, when set, holds the pairs sorted by key: nodes are then
 	// parsed from it (node.ParseSorted), which is faster, and KVs may be
 	// nil (the key functions then build their map only when used).
 	Sorted []KVPair
+	// Revs, when set, holds the etcd mod revision of each pair of Sorted
+	// (same index): it orders a node's state and its wsrep_notify record.
+	Revs []int64
 }
 
 // Map returns the pairs as a map: KVs, or one built from Sorted.
@@ -103,6 +112,23 @@ type Options struct {
 	// FileExists backs confd's fileExists function; nil makes it return an
 	// error ("fileExists disabled").
 	FileExists func(path string) bool
+	// Galera is the rotation policy of every service (node.Decide).
+	Galera node.Policy
+	// DefaultPort is the port of a node that publishes none (3306 when 0).
+	DefaultPort int
+	// WriterKeys, when set, is the etcd prefix under which the load
+	// balancers keep each service's writers (<WriterKeys>/<service> =
+	// {"writers":[...]}; the snapshot must include it): a render keeps
+	// the writers found there while they stay eligible, so every load
+	// balancer serves the same writers whatever the order in which it saw
+	// the changes, and one started later adopts them. Output.WriterUpdates
+	// says what to write there.
+	WriterKeys string
+	// ClusterBinds are the addresses of the clusters found under a prefix
+	// above them (<prefix>/<cluster>/<node>/<field>), by cluster name:
+	// only a cluster named here gets a section (Service.Bind), never one
+	// derived from the order of clusters.
+	ClusterBinds map[string]string
 	// Warn receives, once per Renderer and message, notes on template
 	// constructs that render as confd renders them but probably not as the
 	// author meant (e.g. reverse on a gets list, which confd leaves as is).
@@ -118,13 +144,25 @@ type Data struct {
 	Services []Service         // one per prefix, in Options.Prefixes order
 	Vars     map[string]string // Options.Vars
 	Writer   string            // ID of the single writer among .Nodes ("" if none is eligible)
+	// Clusters are the services found under a prefix above clusters
+	// (Service.Cluster set), in Services too.
+	Clusters []Service
 }
 
-// Service is the set of valid nodes under one watched prefix.
+// Service is the set of valid nodes under one watched prefix, or under one
+// cluster of a prefix above clusters.
 type Service struct {
 	Name   string // HAProxy-safe last path element of Prefix, e.g. "galera"
 	Prefix string
 	Nodes  []node.Node
+	// Cluster is the cluster's name when the service is a cluster found
+	// under a watched prefix ("" for the prefix itself).
+	Cluster string
+	// Bind is the cluster's address from Options.ClusterBinds ("" for a
+	// prefix, or a cluster nobody bound: not served).
+	Bind string
+	// Writers are the IDs of the writers chosen among Nodes.
+	Writers []string
 }
 
 // Node is a node as templates see it (node.Node).
@@ -137,8 +175,44 @@ type Problem = node.Problem
 type Output struct {
 	Config   []byte
 	Problems []Problem // skipped nodes of all prefixes, sorted by key
-	Services []Service // one per prefix, in Options.Prefixes order
+	Services []Service // one per prefix, in Options.Prefixes order, each followed by its clusters
 	Writer   string    // the single writer chosen (pass it back as Input.Writer)
+	// Memory is what to pass back as Input.Memory.
+	Memory map[string]node.Memory
+	// Notes say what a prefix's keys did not give: a prefix whose keys
+	// yield no node, a cluster nobody bound. One line each.
+	Notes []string
+	// WriterUpdates are the writers to record under Options.WriterKeys:
+	// the services whose writers differ from the recorded ones.
+	WriterUpdates []WriterUpdate
+	// Handovers are the writers that lost the writes in this render while
+	// still configured, and not for a graceful maintenance (an operator's
+	// drain, pxc_maint_mode, wsrep_reject_queries): their sessions on the
+	// writer sections may be shut down (--writer-failover-sessions).
+	Handovers []Handover
+}
+
+// WriterUpdate is a service's writers to record in etcd, with a compare:
+// the key's revision as the render saw it (0: the key did not exist).
+type WriterUpdate struct {
+	Key     string
+	Writers []string
+	PrevRev int64
+	Prev    []string // the writers recorded before
+}
+
+// WriterRecord is the value of a writers key.
+type WriterRecord struct {
+	Writers []string `json:"writers"`
+}
+
+// Handover is a writer that lost the writes.
+type Handover struct {
+	Service string // Service.Name
+	Node    string // node ID
+	Server  string // its server name (Node.Name)
+	To      []string
+	Why     string
 }
 
 // Renderer renders snapshots with fixed templates and options. It is safe
@@ -220,24 +294,73 @@ func (r *Renderer) Render(in Input) (Output, error) {
 		return Output{Config: cfg}, err
 	}
 	var out Output
+	sorted, revs := in.Sorted, in.Revs
+	if sorted == nil {
+		sorted = sortedPairs(in.KVs)
+		revs = nil
+	}
+	popts := node.Options{DefaultPort: r.opts.DefaultPort}
+	taken := map[string]bool{}
+	for _, n := range r.names {
+		taken[n] = true
+	}
 	for i, p := range r.opts.Prefixes {
-		var nodes []node.Node
-		var problems []node.Problem
-		if in.Sorted != nil {
-			nodes, problems = node.ParseSorted(p, in.Sorted)
-		} else {
-			nodes, problems = node.Parse(p, in.KVs)
-		}
+		parsed := node.ParsePrefix(p, sorted, revs, popts)
+		nodes, problems := parsed.Nodes, parsed.Problems
 		out.Services = append(out.Services, Service{Name: r.names[i], Prefix: p, Nodes: nodes})
 		out.Problems = append(out.Problems, problems...)
+		clustered := 0
+		var clusters []string
+		if parsed.Deep {
+			clusters = node.Clusters(p, sorted)
+		}
+		for _, c := range clusters {
+			cp := node.TrimPrefix(p) + "/" + c
+			cn, cprobs := node.ParseSortedWith(cp, sorted, revs, popts)
+			out.Problems = append(out.Problems, cprobs...)
+			clustered += len(cn)
+			name := node.ClusterServiceName(c)
+			bind := r.opts.ClusterBinds[c]
+			if taken[name] {
+				out.Notes = append(out.Notes, fmt.Sprintf("cluster %q under prefix %s: its name %q is taken by another section; not served", c, node.TrimPrefix(p), name))
+				continue
+			}
+			taken[name] = true
+			if bind == "" {
+				out.Notes = append(out.Notes, fmt.Sprintf("cluster %q under prefix %s has %d node(s) and no --cluster-bind %s=ADDR: not served", c, node.TrimPrefix(p), len(cn), c))
+			}
+			out.Services = append(out.Services, Service{Name: name, Prefix: cp, Nodes: cn, Cluster: c, Bind: bind})
+		}
+		if len(nodes) == 0 && clustered == 0 {
+			out.Notes = append(out.Notes, node.EmptyPrefixNote(p, sorted, problems))
+		}
 	}
 	node.SortProblems(out.Problems)
-	out.Writer = node.PickWriter(out.Services[0].Nodes, in.Writer)
-	if out.Writer != "" {
-		for i := range out.Services[0].Nodes {
-			n := &out.Services[0].Nodes[i]
-			n.IsWriter = n.ID == out.Writer
+	out.Memory = make(map[string]node.Memory, len(out.Services))
+	for i := range out.Services {
+		svc := &out.Services[i]
+		prev, ok := in.Memory[svc.Name]
+		if !ok && i == 0 && in.Writer != "" {
+			prev = node.Memory{Writers: []string{in.Writer}}
 		}
+		local := prev.Writers
+		var rec *recorded
+		if r.opts.WriterKeys != "" {
+			rec = recordedWriters(r.opts.WriterKeys+"/"+svc.Name, sorted, revs)
+			if rec.found && !r.opts.Galera.WriterFailback {
+				prev.Writers = rec.writers // the fleet's writers win over this one's memory
+			}
+		}
+		m := node.Decide(svc.Nodes, prev, r.opts.Galera)
+		svc.Writers = m.Writers
+		out.Memory[svc.Name] = m
+		out.Handovers = append(out.Handovers, handovers(svc, local)...)
+		if rec != nil && !r.opts.Galera.WriterFailback && len(m.Writers) > 0 && !slices.Equal(m.Writers, rec.writers) && (rec.rev > 0 || !rec.found) {
+			out.WriterUpdates = append(out.WriterUpdates, WriterUpdate{Key: rec.key, Writers: m.Writers, PrevRev: rec.rev, Prev: rec.writers})
+		}
+	}
+	if w := out.Services[0].Writers; len(w) > 0 {
+		out.Writer = w[0]
 	}
 
 	// Templates get their own copies so that nothing they do (reverse on a
@@ -250,6 +373,9 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	for _, s := range out.Services {
 		s.Nodes = append([]Node(nil), s.Nodes...)
 		data.Services = append(data.Services, s)
+		if s.Cluster != "" {
+			data.Clusters = append(data.Clusters, s)
+		}
 	}
 	data.Nodes = append([]Node(nil), out.Services[0].Nodes...)
 	data.Writer = out.Writer
@@ -264,6 +390,72 @@ func (r *Renderer) Render(in Input) (Output, error) {
 	}
 	out.Config = cfg
 	return out, nil
+}
+
+// recorded is a writers key as the snapshot has it.
+type recorded struct {
+	key     string
+	found   bool
+	rev     int64
+	writers []string
+}
+
+// recordedWriters reads key from the sorted pairs; an unreadable value
+// counts as found with no writers (it is overwritten).
+func recordedWriters(key string, sorted []KVPair, revs []int64) *recorded {
+	r := &recorded{key: key}
+	i, ok := slices.BinarySearchFunc(sorted, key, func(kv KVPair, k string) int { return strings.Compare(kv.Key, k) })
+	if !ok {
+		return r
+	}
+	r.found = true
+	if len(revs) == len(sorted) {
+		r.rev = revs[i]
+	}
+	var v WriterRecord
+	if json.Unmarshal([]byte(sorted[i].Value), &v) == nil {
+		for _, w := range v.Writers {
+			if w != "" && !slices.Contains(r.writers, w) {
+				r.writers = append(r.writers, w)
+			}
+		}
+	}
+	return r
+}
+
+// handovers lists the previous writers of svc that are no longer writers
+// but still configured, except those drained for a graceful maintenance.
+func handovers(svc *Service, prev []string) []Handover {
+	var out []Handover
+	for _, id := range prev {
+		if slices.Contains(svc.Writers, id) {
+			continue
+		}
+		i := slices.IndexFunc(svc.Nodes, func(n Node) bool { return n.ID == id })
+		if i < 0 {
+			continue
+		}
+		n := &svc.Nodes[i]
+		if !n.InRotation && n.GracefulOut() {
+			continue
+		}
+		why := "a preferred writer took over"
+		if !n.InRotation {
+			why = "it left rotation: " + strings.Join(n.Reasons, "; ")
+		}
+		out = append(out, Handover{Service: svc.Name, Node: id, Server: n.Name, To: slices.Clone(svc.Writers), Why: why})
+	}
+	return out
+}
+
+// sortedPairs returns the pairs of m sorted by key.
+func sortedPairs(m map[string]string) []KVPair {
+	out := make([]KVPair, 0, len(m))
+	for k, v := range m {
+		out = append(out, KVPair{Key: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b KVPair) int { return strings.Compare(a.Key, b.Key) })
+	return out
 }
 
 // execute runs every template over store with data as "." after Base.

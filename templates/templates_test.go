@@ -25,7 +25,7 @@ func TestFile(t *testing.T) {
 		wantErr string
 	}{
 		{"base", templates.Base, "defaults\n", ""},
-		{"galera", templates.Galera, "listen galera\n", ""},
+		{"galera", templates.Galera, "listen galera{{", ""},
 		{"missing", "nope.tmpl", "", `embedded template "nope.tmpl": file does not exist`},
 		{"no path escape", "../go.mod", "", `embedded template "../go.mod": file does not exist`},
 	}

@@ -57,7 +57,7 @@ func flagsMarkdown(root *cobra.Command) string {
 }
 
 func order(name string) int {
-	for i, n := range []string{"run", "render", "confd", "register", "check", "status", "version"} {
+	for i, n := range []string{"run", "render", "confd", "register", "notify", "check", "drain", "undrain", "status", "version"} {
 		if n == name {
 			return i
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 )
 
 // galeraGroups are the settings of `haconfd register`.
-var registerGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupNode, config.GroupMySQL, config.GroupLog}
+var registerGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupNode, config.GroupHealth, config.GroupMySQL, config.GroupLog}
 
 // checkGroups are the settings of `haconfd check` (--listen defaults to
 // :9200, clustercheck's port).
@@ -36,9 +37,15 @@ kept alive: in the fleet discovery unit's layout (<prefix>/<id>/ip, /port,
 /host, /service_instance_name) or as one JSON value (--layout json). It
 registers again when the lease is lost (etcd restarted or restored, lease
 revoked) and restores its keys when someone deletes them. With --mysql-dsn it
-also publishes the node's wsrep_local_state_comment and wsrep_local_index
-(polled every --state-poll), so haconfd drains a node that is not Synced;
-while MySQL does not answer, the state published is "Unreachable".
+also publishes the node's wsrep_local_state_comment, wsrep_local_index and
+the signals haconfd routes on (wsrep_ready, wsrep_cluster_status,
+wsrep_desync, wsrep_reject_queries, wsrep_sst_donor_rejects_queries,
+read_only, pxc_maint_mode, wsrep_local_recv_queue,
+wsrep_flow_control_paused), read on a new connection every --state-poll,
+so haconfd drains a node that cannot serve within ~100 ms; while MySQL does
+not answer (a refused connection included), the state published is
+"Unreachable". --priority and --check-port publish the node's writer
+priority and its own health-check port.
 On SIGTERM/SIGINT it deletes only its own keys and revokes its lease.
 Every flag can also be set as HACONFD_<FLAG> (e.g. HACONFD_MYSQL_DSN) or in
 a --config file.`,
@@ -53,8 +60,11 @@ a --config file.`,
 			opts := galera.Options{
 				Prefix: cfg.Prefixes[0], ID: cfg.NodeID, IP: cfg.IP, Port: cfg.Port, Host: cfg.Host,
 				ServiceInstanceName: cfg.ServiceInstanceName, Layout: layout, TTL: cfg.TTL,
-				StatePoll: cfg.StatePoll, QueryTimeout: cfg.QueryTimeout,
+				StatePoll: cfg.StatePoll, QueryTimeout: cfg.QueryTimeout, Priority: cfg.Priority,
 				Logger: logger.With("component", "register"),
+			}
+			if cfg.CheckPort != "" && cfg.CheckPort != "none" {
+				opts.CheckPort, _ = strconv.Atoi(cfg.CheckPort) // validated by load
 			}
 			if cfg.MySQLDSN != "" {
 				reader, err := galera.NewMySQLReader(cfg.MySQLDSN, cfg.QueryTimeout, logger)
@@ -88,7 +98,7 @@ a --config file.`,
 			return nil
 		},
 	}
-	config.AddGroups(cmd.Flags(), nil, registerGroups...)
+	config.AddGroups(cmd.Flags(), func(d *config.Config) { d.CheckPort = "" }, registerGroups...)
 	cmd.Flags().BoolVar(&validateOnly, "validate-config", false, "check flags, environment and config file, print what is wrong, exit 0 (OK) or 2; connects to nothing")
 	return cmd
 }

@@ -54,6 +54,19 @@ func TestGaleraCommandsBadInput(t *testing.T) {
 		{"check bad env", chk, nil, map[string]string{"HACONFD_MYSQL_DSN": "u:p@tcp(127.0.0.1:1)/", "HACONFD_QUERY_TIMEOUT": "soon"}, "HACONFD_QUERY_TIMEOUT"},
 		{"check bad listen", chk, []string{"--mysql-dsn", "u:p@tcp(127.0.0.1:1)/", "--listen", "127.0.0.1:99999"}, nil, "--listen 127.0.0.1:99999"},
 		{"check dsn from env", chk, []string{"--query-timeout", "0s"}, map[string]string{"HACONFD_MYSQL_DSN": "u:p@tcp(127.0.0.1:1)/"}, "--query-timeout"},
+		{"register bad priority", reg, []string{"--ip", "10.0.0.1", "--priority", "first"}, nil, `--priority: "first" must be a whole number`},
+		{"register bad check port", reg, []string{"--ip", "10.0.0.1", "--check-port", "99999"}, nil, `--check-port: "99999" must be a port`},
+		{"notify bad primary", ntf, []string{"--id", "db1", "--primary", "maybe"}, nil, `--primary: "maybe" must be yes or no`},
+		{"notify bad members", ntf, []string{"--id", "db1", "--members", "/db1/10.0.0.1:3306"}, nil, `--members: "/db1/10.0.0.1:3306" has no uuid`},
+		{"notify bad index", ntf, []string{"--id", "db1", "--index", "first", "--members", "u1/db1/a"}, nil, `--index: "first" is not a member index`},
+		{"notify bad id", ntf, []string{"--id", "db 1"}, nil, `--id: "db 1": not a node id`},
+		{"notify two prefixes", ntf, []string{"--id", "db1", "--prefix", "/a,/b"}, nil, "--prefix: give the one prefix"},
+		{"notify bad timeout", ntf, []string{"--id", "db1", "--timeout", "0s"}, nil, "--timeout: must be positive"},
+		{"drain without reason", drn, []string{"db1"}, nil, "--reason: say why"},
+		{"drain bad node", drn, []string{"db/1", "--reason", "x"}, nil, `NODE: "db/1": not a node id`},
+		{"drain no node", drn, []string{"--reason", "x"}, nil, "accepts 1 arg(s), received 0"},
+		{"drain bad endpoint", drn, []string{"db1", "--reason", "x", "--etcd-endpoints", "localhost"}, nil, `--etcd-endpoints: "localhost"`},
+		{"undrain bad node", udr, []string{"db 1"}, nil, `NODE: "db 1": not a node id`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -71,6 +84,9 @@ func TestGaleraCommandsBadInput(t *testing.T) {
 
 func reg(out, errw *bytes.Buffer) *cobra.Command { return newRegister(out, errw) }
 func chk(out, errw *bytes.Buffer) *cobra.Command { return newCheck(out, errw) }
+func ntf(out, errw *bytes.Buffer) *cobra.Command { return newNotify(out, errw) }
+func drn(out, errw *bytes.Buffer) *cobra.Command { return newDrain(out, errw) }
+func udr(out, errw *bytes.Buffer) *cobra.Command { return newUndrain(out, errw) }
 
 // register and check read flags, HACONFD_* variables and --config the
 // same way as run, and --validate-config checks them without connecting

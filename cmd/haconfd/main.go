@@ -82,7 +82,8 @@ them with a hitless reload, rolling back when a new process fails to start.`,
 		return &exitError{code: 2, err: err}
 	})
 	root.AddCommand(newRun(stdout, stderr), newRender(stdout, stderr), newConfd(stdout, stderr),
-		newRegister(stdout, stderr), newCheck(stdout, stderr), newStatus(stdout, stderr), newVersion(stdout))
+		newRegister(stdout, stderr), newCheck(stdout, stderr), newStatus(stdout, stderr), newVersion(stdout),
+		newNotify(stdout, stderr), newDrain(stdout, stderr), newUndrain(stdout, stderr))
 	return root
 }
 
@@ -313,12 +314,21 @@ func printPlan(w io.Writer, rev app.Review, format string) error {
 			return &exitError{code: 2, err: fmt.Errorf("plan: %w", err)}
 		}
 	}
+	nodes := app.Decisions(rev.Output)
+	nodeLines := ""
+	for _, d := range nodes {
+		nodeLines += d.String() + "\n"
+	}
 	if !rev.Changed {
 		if format == "json" {
-			_, err := io.WriteString(w, "{\"changed\": false}\n")
-			return err
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			return enc.Encode(struct {
+				Changed bool               `json:"changed"`
+				Nodes   []app.NodeDecision `json:"nodes,omitempty"`
+			}{false, nodes})
 		}
-		_, err := io.WriteString(w, "nothing to do: the live config is the rendered one\n")
+		_, err := io.WriteString(w, "nothing to do: the live config is the rendered one\n"+nodeLines)
 		return err
 	}
 	if format == "json" {
@@ -328,8 +338,9 @@ func printPlan(w io.Writer, rev app.Review, format string) error {
 			Changed  bool  `json:"changed"`
 			Revision int64 `json:"revision"`
 			haproxy.Plan
-			Held []app.HeldServer `json:"held,omitempty"`
-		}{true, rev.Revision, p, rev.Held}); err != nil {
+			Held  []app.HeldServer   `json:"held,omitempty"`
+			Nodes []app.NodeDecision `json:"nodes,omitempty"`
+		}{true, rev.Revision, p, rev.Held, nodes}); err != nil {
 			return err
 		}
 	} else {
@@ -337,7 +348,7 @@ func printPlan(w io.Writer, rev app.Review, format string) error {
 		for _, h := range rev.Held {
 			text += fmt.Sprintf("held: %s/%s stays configured (%s: %s)\n", h.Section, h.Server, h.Guard, h.Reason)
 		}
-		if _, err := io.WriteString(w, text+"\n"); err != nil {
+		if _, err := io.WriteString(w, text+nodeLines+"\n"); err != nil {
 			return err
 		}
 	}

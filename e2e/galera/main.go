@@ -1,23 +1,33 @@
 // Command galera is haconfd's end-to-end test against a real Galera
 // cluster (`make e2e-galera`, via run.sh): three mariadbd nodes on
 // 127.0.0.11-13 (each its own datadir, socket and ports, running as the
-// mysql user), `haconfd register` and `haconfd check` per node, and
-// `haconfd run` (embedded etcd) driving HAProxy in front. A client runs SQL
-// through HAProxy on a new connection per operation while a node is
-// stopped and restarted (IST), another is desynced and resynced, and one is
-// crashed and restarted. Every answer says which node served it and that
+// mysql user, haconfd notify as their wsrep_notify_cmd), `haconfd register`
+// and `haconfd check` per node, and three `haconfd run` load balancers
+// (embedded etcd in the first), each driving its own HAProxy: lb1 and lb2
+// with a multi-writer, a writer and a reader port, lb3 serving the same
+// cluster registered the severalnines way (/galera/<cluster>/<ip>/...). A
+// client runs SQL through lb1 on a new connection per operation while
+// nodes are stopped and restarted (IST), desynced and resynced, crashed,
+// made to reject queries, drained by an operator, held back by FLUSH
+// TABLES WITH READ LOCK, and left alone as a Donor; writers are checked on
+// two load balancers. Every answer says which node served it and that
 // node's own wsrep state at that moment.
 //
 // It fails when a query is served by a node that is not Synced later than
 // -drain-bound after the state change, when clients see errors in a step
 // where no node goes away, or when anything does not come up in time. It
-// prints a summary table.
+// prints a summary table and the benchmark figures (issue 15).
+//
+// -baseline runs only the first seven steps with the flags every haconfd
+// had before issue 15 (no notify, no priorities, no writer or reader
+// port), so that an older binary gives the "before" figures.
 package main
 
 import (
 	"bufio"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,6 +47,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
@@ -48,6 +60,7 @@ const (
 	gcommPort   = 4567
 	istPort     = 4568
 	sstPort     = 4444
+	clusterName = "haconfd-e2e"
 	appUser     = "app"
 	appPassword = "app-e2e"
 )
@@ -62,6 +75,8 @@ type flags struct {
 	keep       bool
 	drainBound time.Duration
 	workers    int
+	baseline   bool
+	maxRecv    int
 }
 
 func run() int {
@@ -69,8 +84,10 @@ func run() int {
 	flag.StringVar(&f.haconfd, "haconfd", "bin/haconfd", "haconfd binary")
 	flag.StringVar(&f.haproxy, "haproxy", "", "HAProxy binary haconfd drives (default: $"+testhaproxy.EnvVar+", else haproxy on PATH or in /usr/sbin)")
 	flag.BoolVar(&f.keep, "keep", false, "keep the work directory (logs, datadirs) even on success")
-	flag.DurationVar(&f.drainBound, "drain-bound", 8*time.Second, "longest a non-Synced node may still get new connections after its state changed")
+	flag.DurationVar(&f.drainBound, "drain-bound", time.Second, "longest a node out of rotation may still get new connections after it left (the figures say how many came after 100ms)")
 	flag.IntVar(&f.workers, "workers", 4, "concurrent clients")
+	flag.BoolVar(&f.baseline, "baseline", false, "only the first seven steps, with the flags of haconfd before issue 15 (for an older binary's figures)")
+	flag.IntVar(&f.maxRecv, "max-recv-queue", 20, "--max-recv-queue of the load balancers")
 	flag.Parse()
 
 	// The driver logs broken pipes on the root pools when a node stops.
@@ -99,33 +116,71 @@ type env struct {
 	f       flags
 	began   time.Time
 	dir     string
-	haconfd string
+	haconfd string // the binary, copied into dir (the mysql user runs it as wsrep_notify_cmd)
 	haproxy testhaproxy.Binary
 	uid     uint32
 	gid     uint32
 	nodes   []*node
 	procs   []*proc
-	front   string
-	sock    string
+	lbs     []*lb
 	etcdURL string
+	etcd    *clientv3.Client
 	rows    []summaryRow
+
+	mu     sync.Mutex
+	events []event        // signals, drains: when a node was made to leave or come back
+	notes  []summaryRow   // figures noted from other goroutines
+	wg     sync.WaitGroup // those goroutines
+}
+
+// lb is one haconfd run with its HAProxy.
+type lb struct {
+	name   string
+	dir    string
+	front  string // listen galera
+	writer string // listen galera-writer ("" in baseline)
+	reader string // listen galera-reader
+	sock   string
+	listen string // haconfd's HTTP
+	args   []string
+	late   bool // started by a step (a load balancer that comes after the changes)
 }
 
 type node struct {
-	n    int
-	name string
-	ip   string
-	dir  string
-	cnf  string
-	sock string
-	db   *sql.DB // root over the unix socket
-	proc *proc
+	n         int
+	name      string
+	ip        string
+	checkPort int
+	priority  string
+	dir       string
+	cnf       string
+	sock      string
+	db        *sql.DB // root over the unix socket
+	proc      *proc
 }
 
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name   string
+	cmd    *exec.Cmd // nil for a goroutine (stopFn ends it)
+	stopFn func()
+	done   chan struct{}
+}
+
+// event is something the test did to a node: it leaves rotation ("stop",
+// "kill", "drain", "reject", "ftwrl") or may come back ("undrain",
+// "unreject").
+type event struct {
+	at   time.Time
+	node string
+	kind string
+}
+
+func (e *env) event(node, kind string) time.Time {
+	at := time.Now()
+	e.mu.Lock()
+	e.events = append(e.events, event{at, node, kind})
+	e.mu.Unlock()
+	return at
 }
 
 type summaryRow struct{ what, value string }
@@ -171,12 +226,17 @@ func (e *env) run(ctx context.Context) error {
 	}
 	e.note("cluster of 3 Synced (bootstrap + 2 SST joins)", "%s", time.Since(clusterStart).Round(100*time.Millisecond))
 	lbStart := time.Now()
-	if err := e.waitUp(ctx, 3, 60*time.Second); err != nil {
-		return err
+	for _, l := range e.lbs {
+		if l.late {
+			continue
+		}
+		if err := e.waitUp(ctx, l, 3, 60*time.Second); err != nil {
+			return err
+		}
 	}
 	e.note("HAProxy: 3 servers UP after the cluster", "%s", time.Since(lbStart).Round(100*time.Millisecond))
 
-	cl, err := newClient(e.front, e.f.workers)
+	cl, err := newClient(e.lbs[0].front, e.f.workers)
 	if err != nil {
 		return err
 	}
@@ -184,75 +244,10 @@ func (e *env) run(ctx context.Context) error {
 	cl.start(ctx)
 	mon := e.monitor(ctx)
 
-	n1, n2, n3 := e.nodes[0], e.nodes[1], e.nodes[2]
-	steps := []step{
-		{name: "baseline", errorsOK: false, do: func() error { return pause(ctx, 3*time.Second) }},
-		{name: "stop node2 (clean shutdown)", errorsOK: true, do: func() error {
-			if err := e.stopNode(n2, syscall.SIGTERM); err != nil {
-				return err
-			}
-			return pause(ctx, 3*time.Second)
-		}},
-		{name: "restart node2 (IST)", errorsOK: false, do: func() error {
-			t0 := time.Now()
-			if err := e.startNode(ctx, n2, false); err != nil {
-				return err
-			}
-			if err := e.waitState(ctx, n2, "Synced", 90*time.Second); err != nil {
-				return err
-			}
-			e.note("node2 rejoined by IST (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
-			if err := e.waitUp(ctx, 3, 30*time.Second); err != nil {
-				return err
-			}
-			e.note("node2 back in rotation (start to UP)", "%s", time.Since(t0).Round(100*time.Millisecond))
-			return pause(ctx, 2*time.Second)
-		}},
-		{name: "desync node3 (wsrep_desync=ON)", errorsOK: false, do: func() error {
-			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=ON"); err != nil {
-				return fmt.Errorf("desync node3: %w", err)
-			}
-			if err := e.waitState(ctx, n3, "Donor/Desynced", 30*time.Second); err != nil {
-				return err
-			}
-			return pause(ctx, e.f.drainBound+2*time.Second)
-		}},
-		{name: "resync node3 (wsrep_desync=OFF)", errorsOK: false, do: func() error {
-			t0 := time.Now()
-			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=OFF"); err != nil {
-				return fmt.Errorf("resync node3: %w", err)
-			}
-			if err := e.waitState(ctx, n3, "Synced", 30*time.Second); err != nil {
-				return err
-			}
-			if err := cl.waitServed(ctx, n3.name, t0, 30*time.Second); err != nil {
-				return err
-			}
-			e.note("node3 serving again after resync", "%s", time.Since(t0).Round(100*time.Millisecond))
-			return pause(ctx, 2*time.Second)
-		}},
-		{name: "crash node1 (SIGKILL)", errorsOK: true, do: func() error {
-			if err := e.stopNode(n1, syscall.SIGKILL); err != nil {
-				return err
-			}
-			return pause(ctx, 10*time.Second)
-		}},
-		{name: "restart node1 (IST)", errorsOK: false, do: func() error {
-			t0 := time.Now()
-			if err := e.startNode(ctx, n1, false); err != nil {
-				return err
-			}
-			if err := e.waitState(ctx, n1, "Synced", 90*time.Second); err != nil {
-				return err
-			}
-			e.note("node1 rejoined after crash (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
-			if err := e.waitUp(ctx, 3, 30*time.Second); err != nil {
-				return err
-			}
-			return pause(ctx, 2*time.Second)
-		}},
+	steps := e.coreSteps(ctx, cl)
+	if !e.f.baseline {
+		steps = append(steps, e.extendedSteps(ctx, cl)...)
 	}
-	var failures []error
 	for i := range steps {
 		s := &steps[i]
 		logf("STEP %s", s.name)
@@ -267,16 +262,93 @@ func (e *env) run(ctx context.Context) error {
 	if err := cl.dump(filepath.Join(e.dir, "records.csv")); err != nil {
 		logf("%v", err)
 	}
-	failures = append(failures, e.judge(cl, mon, steps)...)
+	failures := e.judge(cl, mon, steps)
+	failures = append(failures, e.bench(cl, mon, steps)...)
 	e.printSummary()
 	return errors.Join(failures...)
+}
+
+// coreSteps are the steps every haconfd runs (also -baseline).
+func (e *env) coreSteps(ctx context.Context, cl *client) []step {
+	n1, n2, n3 := e.nodes[0], e.nodes[1], e.nodes[2]
+	return []step{
+		{name: "baseline", do: func() error { return pause(ctx, 3*time.Second) }},
+		{name: "stop node2 (clean shutdown)", errorsOK: true, do: func() error {
+			if err := e.stopNode(n2, syscall.SIGTERM); err != nil {
+				return err
+			}
+			return pause(ctx, 3*time.Second)
+		}},
+		{name: "restart node2 (IST)", do: func() error {
+			t0 := time.Now()
+			if err := e.startNode(ctx, n2, false); err != nil {
+				return err
+			}
+			if err := e.waitState(ctx, n2, "Synced", 90*time.Second); err != nil {
+				return err
+			}
+			e.note("node2 rejoined by IST (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			if err := cl.waitServed(ctx, n2.name, t0, 30*time.Second); err != nil {
+				return err
+			}
+			e.note("node2 back in rotation (start to first query)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			return pause(ctx, 2*time.Second)
+		}},
+		{name: "desync node3 (wsrep_desync=ON)", do: func() error {
+			e.event(n3.name, "desync")
+			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=ON"); err != nil {
+				return fmt.Errorf("desync node3: %w", err)
+			}
+			if err := e.waitState(ctx, n3, "Donor/Desynced", 30*time.Second); err != nil {
+				return err
+			}
+			return pause(ctx, 3*time.Second)
+		}},
+		{name: "resync node3 (wsrep_desync=OFF)", do: func() error {
+			t0 := time.Now()
+			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=OFF"); err != nil {
+				return fmt.Errorf("resync node3: %w", err)
+			}
+			if err := e.waitState(ctx, n3, "Synced", 30*time.Second); err != nil {
+				return err
+			}
+			if err := cl.waitServed(ctx, n3.name, t0, 30*time.Second); err != nil {
+				return err
+			}
+			e.note("node3 serving again after resync", "%s", time.Since(t0).Round(10*time.Millisecond))
+			return pause(ctx, 2*time.Second)
+		}},
+		{name: "crash node1 (SIGKILL)", errorsOK: true, do: func() error {
+			if err := e.stopNode(n1, syscall.SIGKILL); err != nil {
+				return err
+			}
+			return pause(ctx, 10*time.Second)
+		}},
+		{name: "restart node1 (IST)", do: func() error {
+			t0 := time.Now()
+			if err := e.startNode(ctx, n1, false); err != nil {
+				return err
+			}
+			if err := e.waitState(ctx, n1, "Synced", 90*time.Second); err != nil {
+				return err
+			}
+			e.note("node1 rejoined after crash (start to Synced)", "%s", time.Since(t0).Round(100*time.Millisecond))
+			if err := cl.waitServed(ctx, n1.name, t0, 30*time.Second); err != nil {
+				return err
+			}
+			return pause(ctx, 2*time.Second)
+		}},
+	}
 }
 
 type step struct {
 	name     string
 	errorsOK bool // a node goes away in this step: client errors are counted, not failed
-	do       func() error
-	from, to time.Time
+	// lastResort: a node serves while not Synced on purpose (the last
+	// resort): its answers are not drain failures.
+	lastResort bool
+	do         func() error
+	from, to   time.Time
 }
 
 // judge checks the client's record against the steps.
@@ -343,12 +415,21 @@ func (e *env) judge(cl *client, mon *monitor, steps []step) []error {
 		state      string
 		left, last time.Time
 		served     int
+		lastResort bool // no other node was Synced: it serves on purpose
 	}
 	var eps []*episode
 	open := map[string]*episode{}        // node → its episode while it answers non-Synced
 	lastSynced := map[string]time.Time{} // node → its last Synced answer
+	inLastResort := func(at time.Time) bool {
+		for _, s := range steps {
+			if s.lastResort && !at.Before(s.from) && at.Before(s.to) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, r := range recs {
-		if r.err != "" {
+		if r.err != "" || inLastResort(r.at) {
 			continue
 		}
 		if r.state == "Synced" {
@@ -362,7 +443,7 @@ func (e *env) judge(cl *client, mon *monitor, steps []step) []error {
 			if !ok {
 				left = r.at // the monitor missed it: count from this answer
 			}
-			ep = &episode{node: r.node, state: r.state, left: left}
+			ep = &episode{node: r.node, state: r.state, left: left, lastResort: !mon.othersSynced(r.node, left)}
 			open[r.node] = ep
 			eps = append(eps, ep)
 		}
@@ -372,6 +453,11 @@ func (e *env) judge(cl *client, mon *monitor, steps []step) []error {
 	var worst time.Duration
 	for _, ep := range eps {
 		d := ep.last.Sub(ep.left)
+		if ep.lastResort {
+			e.note(fmt.Sprintf("last resort: %s %s at %s", ep.node, ep.state, ep.left.Format("15:04:05.000")),
+				"served %d queries (no other node was Synced)", ep.served)
+			continue
+		}
 		worst = max(worst, d)
 		e.note(fmt.Sprintf("drain: %s %s at %s", ep.node, ep.state, ep.left.Format("15:04:05.000")),
 			"last new query %s later (%d served meanwhile)", d.Round(10*time.Millisecond), ep.served)
@@ -400,6 +486,8 @@ func fmtCounts(m map[string]int) string {
 }
 
 func (e *env) printSummary() {
+	e.wg.Wait()
+	e.rows = append(e.rows, e.notes...)
 	fmt.Printf("\nSUMMARY\n")
 	for _, r := range e.rows {
 		fmt.Printf("  %-52s %s\n", r.what, r.value)
@@ -446,7 +534,6 @@ func (e *env) prepare() error {
 	if err != nil {
 		return err
 	}
-	e.haconfd = abs
 	if out, err := exec.Command(abs, "register", "--help").CombinedOutput(); err != nil {
 		return fmt.Errorf("%s register --help: %v: %s", abs, err, firstLine(string(out)))
 	}
@@ -465,7 +552,9 @@ func (e *env) prepare() error {
 		return err
 	}
 	fmt.Printf("work directory %s\n", e.dir)
-	if e.front, err = freeAddr("127.0.0.1"); err != nil {
+	// The mysql user runs the binary as wsrep_notify_cmd: a copy it can read.
+	e.haconfd = filepath.Join(e.dir, "haconfd")
+	if err := copyFile(abs, e.haconfd, 0o755); err != nil {
 		return err
 	}
 	etcdAddr, err := freeAddr("127.0.0.1")
@@ -473,11 +562,27 @@ func (e *env) prepare() error {
 		return err
 	}
 	e.etcdURL = "http://" + etcdAddr
-	e.sock = filepath.Join(e.dir, "admin.sock")
+	names := []string{"lb1", "lb2", "lb3", "lb4"}
+	if e.f.baseline {
+		names = names[:1]
+	}
+	for _, name := range names {
+		l := &lb{name: name, dir: filepath.Join(e.dir, name), late: name == "lb4"}
+		if err := os.MkdirAll(l.dir, 0o755); err != nil {
+			return err
+		}
+		l.sock = filepath.Join(l.dir, "admin.sock")
+		for _, a := range []*string{&l.front, &l.writer, &l.reader, &l.listen} {
+			if *a, err = freeAddr("127.0.0.1"); err != nil {
+				return err
+			}
+		}
+		e.lbs = append(e.lbs, l)
+	}
 	var addrs []string
 	for i := 1; i <= 3; i++ {
 		ip := fmt.Sprintf("127.0.0.%d", 10+i)
-		for _, p := range []int{mysqlPort, checkPort, gcommPort, istPort, sstPort} {
+		for _, p := range []int{mysqlPort, checkPort, checkPort + i, gcommPort, istPort, sstPort} {
 			addr := net.JoinHostPort(ip, strconv.Itoa(p))
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -488,7 +593,14 @@ func (e *env) prepare() error {
 		addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(gcommPort)))
 	}
 	for i := 1; i <= 3; i++ {
-		n := &node{n: i, name: fmt.Sprintf("node%d", i), ip: fmt.Sprintf("127.0.0.%d", 10+i)}
+		n := &node{n: i, name: fmt.Sprintf("node%d", i), ip: fmt.Sprintf("127.0.0.%d", 10+i), checkPort: checkPort}
+		if !e.f.baseline {
+			// Each node publishes its own check port (the load balancers'
+			// --check-port is wrong on purpose) and a writer priority:
+			// node3 is preferred, node2 never writes.
+			n.checkPort = checkPort + i
+			n.priority = map[int]string{1: "2", 2: "0", 3: "1"}[i]
+		}
 		n.dir = filepath.Join(e.dir, n.name)
 		n.sock = filepath.Join(n.dir, "mysqld.sock")
 		n.cnf = filepath.Join(n.dir, "my.cnf")
@@ -522,6 +634,10 @@ wsrep_sst_method=rsync
 wsrep_sst_receive_address=%[3]s:%[8]d
 wsrep_provider_options="gmcast.listen_addr=tcp://%[3]s:%[9]d;ist.recv_addr=%[3]s:%[10]d;gcache.size=64M"
 `, n.dir, n.sock, n.ip, mysqlPort, galeraLib, strings.Join(addrs, ","), n.name, sstPort, gcommPort, istPort)
+		if !e.f.baseline {
+			// Galera pushes every status and view change through haconfd.
+			cnf += fmt.Sprintf("wsrep_notify_cmd='%s notify --etcd-endpoints %s --id %s --timeout 2s'\n", e.haconfd, e.etcdURL, n.name)
+		}
 		if err := os.WriteFile(n.cnf, []byte(cnf), 0o644); err != nil {
 			return err
 		}
@@ -537,7 +653,7 @@ wsrep_provider_options="gmcast.listen_addr=tcp://%[3]s:%[9]d;ist.recv_addr=%[3]s
 		if err != nil {
 			return err
 		}
-		db.SetMaxOpenConns(2)
+		db.SetMaxOpenConns(6)
 		n.db = db
 		e.nodes = append(e.nodes, n)
 	}
@@ -587,6 +703,17 @@ func (e *env) start(name string, cred *syscall.Credential, bin string, args ...s
 	return p, nil
 }
 
+// wait waits up to d for the process to exit; then kills its whole
+// process group.
+func (p *proc) wait(d time.Duration) {
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
 // signal sends sig and waits up to d for the process to exit; then kills
 // its whole process group.
 func (p *proc) signal(sig syscall.Signal, d time.Duration) {
@@ -594,6 +721,11 @@ func (p *proc) signal(sig syscall.Signal, d time.Duration) {
 	case <-p.done:
 		return
 	default:
+	}
+	if p.cmd == nil {
+		p.stopFn()
+		<-p.done
+		return
 	}
 	_ = p.cmd.Process.Signal(sig)
 	select {
@@ -613,39 +745,117 @@ func (e *env) cleanup() {
 			n.db.Close()
 		}
 	}
+	if e.etcd != nil {
+		e.etcd.Close()
+	}
 	// A HAProxy left by haconfd (it stops it on exit; this is a backstop).
-	if b, err := os.ReadFile(filepath.Join(e.dir, "haproxy.pid")); err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, l := range e.lbs {
+		if b, err := os.ReadFile(filepath.Join(l.dir, "haproxy.pid")); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
 			}
 		}
 	}
 }
 
+// startHaconfd starts the load balancers: lb1 with the embedded etcd,
+// lb2 on it with the same settings (two load balancers must pick the same
+// writers), lb3 serving the cluster as severalnines' image registers it.
 func (e *env) startHaconfd() error {
-	_, err := e.start("haconfd-run", nil, e.haconfd, "run",
-		"--embedded-etcd", filepath.Join(e.dir, "etcd"), "--embedded-etcd-url", e.etcdURL,
-		"--output", filepath.Join(e.dir, "haproxy.cfg"), "--pidfile", filepath.Join(e.dir, "haproxy.pid"),
-		"--runtime-socket", e.sock, "--bind", e.front, "--check-port", strconv.Itoa(checkPort),
-		"--wait", "50ms:500ms", "--stop-haproxy-on-exit", "--log-level", "debug",
-		"--haproxy-bin", e.haproxy.Path)
-	return err
+	for i, l := range e.lbs {
+		if l.late {
+			continue
+		}
+		if err := e.startLB(i, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startLB starts haconfd run for l (the first one with the embedded etcd).
+func (e *env) startLB(i int, l *lb) error {
+	{
+		args := []string{"run", "--instance", l.name, "--listen", l.listen,
+			"--output", filepath.Join(l.dir, "haproxy.cfg"), "--pidfile", filepath.Join(l.dir, "haproxy.pid"),
+			"--runtime-socket", l.sock, "--bind", l.front,
+			"--wait", "50ms:500ms", "--stop-haproxy-on-exit", "--log-level", "debug", "--haproxy-bin", e.haproxy.Path}
+		if i == 0 {
+			args = append(args, "--embedded-etcd", filepath.Join(e.dir, "etcd"), "--embedded-etcd-url", e.etcdURL)
+		} else {
+			args = append(args, "--etcd-endpoints", e.etcdURL)
+		}
+		switch {
+		case e.f.baseline:
+			args = append(args, "--check-port", strconv.Itoa(checkPort))
+			l.writer, l.reader = "", ""
+		case l.name == "lb3":
+			args = append(args, "--prefix", "/galera", "--cluster-bind", clusterName+"="+l.front, "--check-port", "none",
+				"--bind", l.writer) // listen galera is not rendered: every node is in a cluster under /galera
+			l.writer, l.reader = "", ""
+		default:
+			// A wrong default check port: each node publishes its own.
+			args = append(args, "--check-port", "9999", "--writer-bind", l.writer, "--reader-bind", l.reader,
+				"--max-recv-queue", strconv.Itoa(e.f.maxRecv))
+		}
+		l.args = args
+		if _, err := e.start("haconfd-"+l.name, nil, e.haconfd, args...); err != nil {
+			return err
+		}
+		if i == 0 {
+			if err := e.waitEtcd(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// waitEtcd waits for lb1's embedded etcd and connects the test's client.
+func (e *env) waitEtcd() error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.etcdURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	e.etcd = cli
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "/")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("embedded etcd at %s: %w (see %s)", e.etcdURL, err, filepath.Join(e.dir, "haconfd-lb1.log"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (e *env) startSidecars(n *node) {
 	dsn := fmt.Sprintf("root@unix(%s)/", n.sock)
-	_, err := e.start(n.name+"-register", nil, e.haconfd, "register",
+	args := []string{"register",
 		"--etcd-endpoints", e.etcdURL, "--id", n.name, "--ip", n.ip, "--port", strconv.Itoa(mysqlPort),
-		"--host", n.name, "--service-instance-name", "galera@"+strconv.Itoa(n.n),
-		"--mysql-dsn", dsn, "--log-level", "debug")
-	if err != nil {
+		"--host", n.name, "--service-instance-name", "galera@" + strconv.Itoa(n.n),
+		"--mysql-dsn", dsn, "--log-level", "debug"}
+	checkArgs := []string{"check", "--listen", net.JoinHostPort(n.ip, strconv.Itoa(n.checkPort)), "--mysql-dsn", dsn}
+	if !e.f.baseline {
+		args = append(args, "--check-port", strconv.Itoa(n.checkPort), "--priority", n.priority)
+		// haconfd decides about Donors (the last resort) and read-only
+		// nodes (readers); the check says whether MySQL serves at all.
+		checkArgs = append(checkArgs, "--available-when-donor", "--available-when-readonly")
+	}
+	if _, err := e.start(n.name+"-register", nil, e.haconfd, args...); err != nil {
 		logf("%v", err)
 	}
-	_, err = e.start(n.name+"-check", nil, e.haconfd, "check",
-		"--listen", net.JoinHostPort(n.ip, strconv.Itoa(checkPort)), "--mysql-dsn", dsn)
-	if err != nil {
+	if _, err := e.start(n.name+"-check", nil, e.haconfd, checkArgs...); err != nil {
 		logf("%v", err)
+	}
+	if !e.f.baseline {
+		e.severalnines(n)
 	}
 }
 
@@ -665,9 +875,59 @@ func (e *env) startNode(ctx context.Context, n *node, bootstrap bool) error {
 }
 
 func (e *env) stopNode(n *node, sig syscall.Signal) error {
-	logf("%s: %s to mariadbd", n.name, sig)
-	n.proc.signal(sig, 60*time.Second)
+	e.signalNode(n, sig)
+	n.proc.wait(60 * time.Second)
 	return nil
+}
+
+// signalNode sends sig to n's mariadbd and records it, without waiting.
+func (e *env) signalNode(n *node, sig syscall.Signal) time.Time {
+	kind := "stop"
+	if sig == syscall.SIGKILL {
+		kind = "kill"
+	}
+	at := e.event(n.name, kind)
+	logf("%s: %s to mariadbd", n.name, sig)
+	_ = n.proc.cmd.Process.Signal(sig)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.statePublished(n, kind, at)
+	}()
+	return at
+}
+
+// statePublished notes how long after at the node's published state
+// (what its registrar, or Galera through haconfd notify, says in etcd)
+// stopped being Synced.
+func (e *env) statePublished(n *node, kind string, at time.Time) {
+	key := "/components/galera/" + n.name + "/wsrep_local_state_comment"
+	notify := "/components/galera/" + n.name + "/wsrep_notify"
+	for time.Since(at) < 10*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		resp, err := e.etcd.Get(ctx, key)
+		nresp, nerr := e.etcd.Get(ctx, notify)
+		cancel()
+		var via []string
+		if err == nil && (len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != "Synced") {
+			via = append(via, "registrar")
+		}
+		if nerr == nil && len(nresp.Kvs) > 0 && nresp.Kvs[0].ModRevision > 0 {
+			var rec struct {
+				Status string `json:"status"`
+			}
+			if json.Unmarshal(nresp.Kvs[0].Value, &rec) == nil && rec.Status != "" && rec.Status != "synced" {
+				via = append(via, "notify ("+rec.Status+")")
+			}
+		}
+		if len(via) > 0 {
+			e.mu.Lock()
+			e.notes = append(e.notes, summaryRow{fmt.Sprintf("%s %s: out in etcd", n.name, kind), fmt.Sprintf("%s after the signal, by %s", time.Since(at).Round(time.Millisecond), strings.Join(via, " and "))})
+			e.mu.Unlock()
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // waitState polls the node (over its socket) until wsrep_local_state_comment
@@ -716,21 +976,22 @@ func (e *env) createSchema(ctx context.Context) error {
 	return nil
 }
 
-// waitUp waits until HAProxy's galera backend has want servers UP.
-func (e *env) waitUp(ctx context.Context, want int, d time.Duration) error {
+// waitUp waits until the galera backends of l's HAProxy have want
+// servers UP (each section: lb3 has only its cluster's).
+func (e *env) waitUp(ctx context.Context, l *lb, want int, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	last := ""
 	for {
-		up, desc, err := e.serversUp()
+		up, desc, err := serversUp(l.sock)
 		if err == nil && desc != last {
-			logf("haproxy: %s", desc)
+			logf("%s haproxy: %s", l.name, desc)
 			last = desc
 		}
-		if err == nil && up == want {
+		if err == nil && up >= want {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy: %d servers UP within %s, want %d (last %q, err %v; see %s)", up, d, want, last, err, filepath.Join(e.dir, "haconfd-run.log"))
+			return fmt.Errorf("%s haproxy: %d servers UP within %s, want %d (last %q, err %v; see %s)", l.name, up, d, want, last, err, filepath.Join(e.dir, "haconfd-"+l.name+".log"))
 		}
 		if err := pause(ctx, 200*time.Millisecond); err != nil {
 			return err
@@ -738,9 +999,10 @@ func (e *env) waitUp(ctx context.Context, want int, d time.Duration) error {
 	}
 }
 
-// serversUp reads "show stat" from HAProxy's runtime socket.
-func (e *env) serversUp() (int, string, error) {
-	c, err := net.DialTimeout("unix", e.sock, time.Second)
+// serversUp reads "show stat" from a HAProxy's runtime socket: the
+// servers UP in its first proxy section, and every server's status.
+func serversUp(sock string) (int, string, error) {
+	c, err := net.DialTimeout("unix", sock, time.Second)
 	if err != nil {
 		return 0, "", err
 	}
@@ -750,20 +1012,27 @@ func (e *env) serversUp() (int, string, error) {
 		return 0, "", err
 	}
 	up := 0
+	first := ""
 	var parts []string
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
 		f := strings.Split(sc.Text(), ",")
-		if len(f) < 18 || strings.HasPrefix(f[0], "#") || f[1] == "FRONTEND" || f[1] == "BACKEND" {
+		if len(f) < 19 || strings.HasPrefix(f[0], "#") || f[1] == "FRONTEND" || f[1] == "BACKEND" {
 			continue
 		}
-		parts = append(parts, f[1]+"="+f[17])
+		if first == "" {
+			first = f[0]
+		}
+		if f[0] != first {
+			continue
+		}
+		parts = append(parts, f[1]+"="+f[17]+"/w"+f[18])
 		if f[17] == "UP" {
 			up++
 		}
 	}
 	sort.Strings(parts)
-	return up, strings.Join(parts, " "), sc.Err()
+	return up, first + ": " + strings.Join(parts, " "), sc.Err()
 }
 
 // record is one client operation through HAProxy.
@@ -921,7 +1190,7 @@ func (e *env) monitor(ctx context.Context) *monitor {
 					m.mu.Unlock()
 					last = val
 				}
-				_ = pause(ctx, 50*time.Millisecond)
+				_ = pause(ctx, 20*time.Millisecond)
 			}
 		}()
 	}
@@ -929,6 +1198,30 @@ func (e *env) monitor(ctx context.Context) *monitor {
 }
 
 func (m *monitor) stop() { m.cancel(); m.wg.Wait() }
+
+// othersSynced reports whether a node other than node was Synced at t
+// (as the monitor last saw each one before t): when none was, a node that
+// leaves Synced is the last resort and keeps serving on purpose.
+func (m *monitor) othersSynced(node string, t time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for other, trs := range m.trans {
+		if other == node {
+			continue
+		}
+		state := ""
+		for _, tr := range trs {
+			if tr.at.After(t) {
+				break
+			}
+			state = tr.state
+		}
+		if state == "Synced" {
+			return true
+		}
+	}
+	return false
+}
 
 // leftSynced is the first time the monitor saw node in a state other than
 // Synced in (after, before], allowing for its polling lag.

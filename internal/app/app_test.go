@@ -180,6 +180,9 @@ func stateOf(cfg []byte) haproxy.LiveState {
 			var p int
 			fmt.Sscan(port, &p)
 			s := haproxy.ServerState{Backend: b, Name: name, Addr: host, Port: p, Weight: 1}
+			if i := slices.Index(f, "weight"); i > 0 && i+1 < len(f) {
+				fmt.Sscan(f[i+1], &s.Weight)
+			}
 			if slices.Contains(f, "disabled") {
 				s.Admin = haproxy.AdminForcedMaint | haproxy.AdminConfigMaint
 			}

@@ -63,7 +63,14 @@ func RenderReview(ctx context.Context, cfg config.Config, fromFile string, valid
 		return Review{}, err
 	}
 	for _, p := range out.Problems {
+		if p.Drained {
+			logger.Warn("node signal unreadable, node out of rotation", "key", p.Key, "reason", p.Reason)
+			continue
+		}
 		logger.Warn("node skipped", "key", p.Key, "reason", p.Reason)
+	}
+	for _, n := range out.Notes {
+		logger.Warn(n)
 	}
 	if validate {
 		if err := validateTemp(ctx, cfg.HAProxyBin, out.Config, logger); err != nil {

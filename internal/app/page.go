@@ -326,14 +326,20 @@ func compareServer(d *ServerView, l *LiveServer) (mismatch, warn []string) {
 		}
 		return []string{"missing from HAProxy"}, nil
 	}
-	out := d.Disabled || d.Draining
+	// Out of rotation: disabled (maint), draining for a removal, or
+	// drained with weight 0 (a Galera node out of rotation: ready, its
+	// checks running, weight 0).
+	byWeight := !d.Disabled && !d.Draining && d.Weight == 0
+	out := d.Disabled || d.Draining || byWeight
 	switch {
-	case out && l.Admin == "ready":
+	case (d.Disabled || d.Draining) && l.Admin == "ready":
 		want := "maint"
 		if d.Draining {
 			want = "drain"
 		}
 		mismatch = append(mismatch, fmt.Sprintf("in rotation in HAProxy; haconfd wants it out (%s)", want))
+	case byWeight && l.Admin != "ready":
+		mismatch = append(mismatch, fmt.Sprintf("%s in HAProxy; haconfd wants it ready with weight 0", l.Admin))
 	case !out && l.Admin != "ready":
 		mismatch = append(mismatch, fmt.Sprintf("%s in HAProxy; haconfd wants it in rotation", l.Admin))
 	}
@@ -342,7 +348,7 @@ func compareServer(d *ServerView, l *LiveServer) (mismatch, warn []string) {
 			mismatch = append(mismatch, fmt.Sprintf("address %s in HAProxy; haconfd wants %s", l.Addr, d.Addr))
 		}
 	}
-	if d.Weight > 0 && l.Weight != d.Weight {
+	if (d.Weight > 0 || byWeight) && l.Weight != d.Weight {
 		mismatch = append(mismatch, fmt.Sprintf("weight %d in HAProxy; haconfd wants %d", l.Weight, d.Weight))
 	}
 	if !out && l.Admin == "ready" && l.Op == "down" {

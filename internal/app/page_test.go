@@ -27,6 +27,8 @@ func TestCompareServer(t *testing.T) {
 	out.Disabled = true
 	draining := out
 	draining.Draining = true
+	weight0 := in // a Galera node out of rotation: weight 0, checks running
+	weight0.Weight = 0
 	up := LiveServer{Addr: "10.0.0.1:3306", Admin: "ready", Op: "up", Weight: 1}
 	with := func(f func(*LiveServer)) *LiveServer { l := up; f(&l); return &l }
 	tests := []struct {
@@ -53,6 +55,10 @@ func TestCompareServer(t *testing.T) {
 		{"check down", &in, with(func(l *LiveServer) { l.Op, l.Check, l.CheckDesc = "down", "L4CON", "Connection refused" }), nil,
 			[]string{"HAProxy's health check says down: L4CON (Connection refused)"}},
 		{"check down while out of rotation", &out, with(func(l *LiveServer) { l.Admin, l.Op = "maint", "down" }), nil, nil},
+		{"weight 0, ready with weight 0", &weight0, with(func(l *LiveServer) { l.Weight = 0 }), nil, nil},
+		{"weight 0, check down: no warning", &weight0, with(func(l *LiveServer) { l.Weight, l.Op = 0, "down" }), nil, nil},
+		{"weight 0 wanted, weight 1 live", &weight0, &up, []string{"weight 1 in HAProxy; haconfd wants 0"}, nil},
+		{"weight 0 wanted, maint live", &weight0, with(func(l *LiveServer) { l.Weight, l.Admin = 0, "maint" }), []string{"maint in HAProxy; haconfd wants it ready with weight 0"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

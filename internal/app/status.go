@@ -68,6 +68,11 @@ type Status struct {
 	EtcdConnected bool      `json:"etcd_connected"`
 	EtcdSince     time.Time `json:"etcd_since"` // since when connected or disconnected
 	EtcdError     string    `json:"etcd_error"`
+
+	// Notes are what the keys under the prefixes did not give, one line
+	// each: a prefix with no node, a cluster nobody bound, a node signal
+	// that could not be read (the node is kept out of rotation).
+	Notes []string `json:"notes"`
 }
 
 // HAProxyStatus is what is known of the running HAProxy.
@@ -132,6 +137,12 @@ type ServerView struct {
 	State    string `json:"state,omitempty"` // the node's Galera state ("" when unpublished)
 	Held     bool   `json:"held,omitempty"`
 	Draining bool   `json:"draining,omitempty"`
+	// InRotation: the node takes new connections in this section (weight
+	// above 0, not disabled). Writer: it is one of its service's writers.
+	InRotation bool `json:"in_rotation"`
+	Writer     bool `json:"writer,omitempty"`
+	// Signals are the Galera signals its node published (name → value).
+	Signals map[string]string `json:"signals,omitempty"`
 	// Reasons say why the server is out of rotation, or kept although its
 	// node left; empty for a server in rotation as etcd says.
 	Reasons []string `json:"reasons,omitempty"`
@@ -165,6 +176,7 @@ func (b *Board) Get() Status {
 	s := b.s
 	s.Skipped = slices.Clone(s.Skipped)
 	s.Incomplete = slices.Clone(s.Incomplete)
+	s.Notes = slices.Clone(s.Notes)
 	s.HeldServers = slices.Clone(s.HeldServers)
 	s.Draining = slices.Clone(s.Draining)
 	if s.Pending != nil {

@@ -70,6 +70,13 @@ type HAProxyOptions struct {
 	Bus          *Bus
 	Board        *Board
 	Metrics      *Metrics
+
+	// KeepWriterSessions leaves the sessions of a writer that handed the
+	// writes over (--writer-failover-sessions keep); by default they are
+	// shut down in the sections where it no longer takes connections.
+	KeepWriterSessions bool
+	// Writers records the writers for the fleet (nil: none recorded).
+	Writers WriterStore
 }
 
 // HAProxyTarget keeps a running HAProxy in step with the rendered config,
@@ -105,6 +112,7 @@ type HAProxyTarget struct {
 	outRev    int64
 	renderErr error
 	writer    string
+	galera    galeraState // writers and lag memory, writer handovers (galera.go)
 	problems  map[string]bool
 	live      []byte // the live file: the config HAProxy runs, as far as structure goes
 	running   bool   // a healthy HAProxy serves live
@@ -319,6 +327,7 @@ func (t *HAProxyTarget) renderSnapshot() {
 	start := time.Now()
 	in := RenderInput(s)
 	in.Writer = t.writer
+	in.Memory = t.galera.memory
 	out, err := t.rend.Render(in)
 	took := time.Since(start)
 	if m := t.opts.Metrics; m != nil {
@@ -337,6 +346,7 @@ func (t *HAProxyTarget) renderSnapshot() {
 		t.since = start
 	}
 	t.in, t.out, t.outRev = in, &out, s.Revision
+	t.galeraRendered(out)
 	if out.Writer != t.writer {
 		lvl := slog.LevelDebug
 		if t.opts.SingleWriter {
@@ -391,6 +401,7 @@ func (t *HAProxyTarget) reconcile() {
 		}
 		pending = plan.Pending
 		t.execute(plan.Ops)
+		t.handOver(desired)
 	case t.running && t.rt != nil && !t.beliefOK:
 		t.fastClean = false // HAProxy's live state is not known yet (resync pending)
 	}
@@ -695,7 +706,7 @@ func (t *HAProxyTarget) firstStartHeld() string {
 		return ""
 	}
 	svc := t.out.Services[0]
-	if n := len(svc.Nodes); n < t.opts.Guards.MinServers {
+	if n := firstPrefixNodes(t.out.Services); n < t.opts.Guards.MinServers {
 		return fmt.Sprintf("section %s (prefix %s) would have %d servers, fewer than --min-servers %d", svc.Name, svc.Prefix, n, t.opts.Guards.MinServers)
 	}
 	return ""
@@ -1180,14 +1191,16 @@ func (t *HAProxyTarget) publishServers() {
 					}
 				}
 			}
+			v.InRotation = !v.Disabled && v.Weight > 0
 			if n, ok := nodes[name]; ok {
 				v.Node, v.State = n.ID, n.State
-				if v.Disabled && !n.Synced {
-					v.Reasons = append(v.Reasons, fmt.Sprintf("Galera state %q is not Synced", n.State))
-				}
+				nodeView(&v, n)
 			}
 			if v.Disabled && len(v.Reasons) == 0 {
 				v.Reasons = append(v.Reasons, "disabled by the template")
+			}
+			if v.Weight == 0 && !v.Disabled && len(v.Reasons) == 0 {
+				v.Reasons = append(v.Reasons, "weight 0 (drain) by the template")
 			}
 			if h, ok := held[section+"/"+name]; ok {
 				v.Held = true
@@ -1228,6 +1241,12 @@ func (t *HAProxyTarget) logProblems(ps []render.Problem) {
 	for _, p := range ps {
 		msg := p.Error()
 		seen[msg] = true
+		if p.Drained {
+			if !t.problems[msg] {
+				t.log.Warn("node signal unreadable, node out of rotation", "key", p.Key, "reason", p.Reason)
+			}
+			continue
+		}
 		if p.Incomplete {
 			incomplete = append(incomplete, msg)
 		} else {
@@ -1308,8 +1327,10 @@ func RenderInput(s watch.Snapshot) render.Input {
 	}
 	in := render.Input{Revision: s.Revision}
 	in.Sorted = make([]render.KVPair, len(s.KVs))
+	in.Revs = make([]int64, len(s.KVs))
 	for i, kv := range s.KVs {
 		in.Sorted[i] = render.KVPair{Key: kv.Key, Value: kv.Value}
+		in.Revs[i] = kv.ModRevision
 	}
 	return in
 }

@@ -74,6 +74,7 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		"runtime_socket": cfg.RuntimeSocket,
 		"state_file":     cfg.StateFile,
 		"writer_bind":    cfg.WriterBind,
+		"reader_bind":    cfg.ReaderBind,
 	}
 	if cfg.SingleWriter {
 		vars["single_writer"] = "true"
@@ -87,6 +88,11 @@ func NewRenderer(cfg config.Config) (*render.Renderer, error) {
 		Prefixes:  cfg.Prefixes,
 		Vars:      vars,
 		Getenv:    os.Getenv,
+		// Galera routing (galera.go).
+		Galera:       galeraPolicy(cfg),
+		DefaultPort:  cfg.DefaultPort,
+		ClusterBinds: cfg.ClusterBinds,
+		WriterKeys:   writerKeys(cfg),
 	})
 	if err != nil {
 		return nil, configErr(err)
@@ -165,7 +171,7 @@ func ConnectEtcd(ctx context.Context, cfg config.Config, logger *slog.Logger) (*
 // NewWatcher returns the etcd source for cfg's prefixes.
 func NewWatcher(etcd *Etcd, cfg config.Config, logger *slog.Logger) (*watch.EtcdSource, error) {
 	w, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: cfg.Prefixes,
+		Prefixes: watchPrefixes(cfg, sharedWriterKeys(context.Background(), cfg, etcd, logger)),
 		Logger:   logger.With("component", "watch"),
 		Diagnose: etcd.Diagnose,
 	})
@@ -233,6 +239,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		}
 	}
 	board, bus, metrics := &Board{}, NewBus(), NewMetrics()
+	writers := sharedWriterKeys(ctx, cfg, etcd, logger) // the fleet's writers, "" when not shared
 	version := hv.String()
 	board.Update(func(s *Status) { s.HAProxy.Version, s.HAProxy.Methods = version, hv.Caps().Methods() })
 	var slot ReloadSlot
@@ -256,9 +263,12 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, stdout *os
 		Bus:          bus,
 		Board:        board,
 		Metrics:      metrics,
+
+		KeepWriterSessions: cfg.WriterFailoverSessions == config.WriterSessionsKeep,
+		Writers:            fleetWriters(writers, etcd),
 	})
 	src, err := watch.NewEtcdSource(etcd.Client.Client, watch.Options{
-		Prefixes: cfg.Prefixes,
+		Prefixes: watchPrefixes(cfg, writers),
 		Logger:   logger.With("component", "watch"),
 		OnStatus: func(st watch.ConnState) { etcdStatus(board, bus, metrics, st) },
 		Diagnose: etcd.Diagnose,
@@ -452,6 +462,9 @@ func watchReloads(ctx context.Context, cfg config.Config, reload SettingsReader,
 // only a restart applies (everything but the rendering settings).
 func restartOnly(a, b config.Config) []string {
 	live := map[string]bool{"template": true, "base": true, "bind": true, "check-port": true, "var": true, "single-writer": true, "writer-bind": true}
+	for _, k := range galeraLiveSettings {
+		live[k] = true
+	}
 	var out []string
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	for i := 0; i < va.NumField(); i++ {

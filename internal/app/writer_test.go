@@ -14,7 +14,7 @@ import (
 )
 
 // --single-writer / --writer-bind with the default template: one Synced
-// writer (lowest wsrep_local_index), the others backup; the writer stays
+// writer (lowest wsrep_local_index), the others weight 0; the writer stays
 // while it is Synced (no failback), and moves only when it stops being.
 func TestSingleWriter(t *testing.T) {
 	fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
@@ -56,7 +56,7 @@ func TestSingleWriter(t *testing.T) {
 		}
 		writer = o.Writer
 		cfg := string(o.Config)
-		for _, section := range []string{"listen galera\n", "listen galera-writer\n"} {
+		for _, section := range []string{"listen galera  # haconfd:writers\n", "listen galera-writer  # haconfd:writers\n"} {
 			i := strings.Index(cfg, section)
 			if i < 0 {
 				t.Fatalf("%s: no %q in\n%s", name, section, cfg)
@@ -74,8 +74,8 @@ func TestSingleWriter(t *testing.T) {
 	}
 	step("start: lowest index", "n2", kvs(node("n1", "Synced", "1"), node("n2", "Synced", "0"), node("n3", "Synced", "2")))
 	live := step("writer desyncs: next lowest", "n1", kvs(node("n1", "Synced", "1"), node("n2", "Donor/Desynced", "0"), node("n3", "Synced", "2")))
-	if !strings.Contains(live, "server n2 10.0.0.2:3306 check disabled backup") {
-		t.Fatalf("the desynced node is not disabled:\n%s", live)
+	if !strings.Contains(live, "server n2 10.0.0.2:3306 check weight 0") {
+		t.Fatalf("the desynced node is not drained:\n%s", live)
 	}
 	step("old writer back with a lower index: no failback", "n1", kvs(node("n1", "Synced", "2"), node("n2", "Synced", "0"), node("n3", "Synced", "1")))
 	step("writer gone", "n2", kvs(node("n2", "Synced", "0"), node("n3", "Synced", "1")))

@@ -71,8 +71,29 @@ type Render struct {
 	Bind         string            `mapstructure:"bind"`
 	SingleWriter bool              `mapstructure:"single-writer"`
 	WriterBind   string            `mapstructure:"writer-bind"`
-	CheckPort    string            `mapstructure:"check-port"`
 	Vars         map[string]string `mapstructure:"var"`
+}
+
+// Galera is how the nodes of a section are routed (issue 15): rotation
+// rules, writers, reader and cluster sections.
+type Galera struct {
+	ReaderBind     string            `mapstructure:"reader-bind"`
+	WriterIsReader bool              `mapstructure:"writer-is-reader"`
+	MaxWriters     int               `mapstructure:"max-writers"`
+	WriterFailback bool              `mapstructure:"writer-failback"`
+	MaxRecvQueue   int               `mapstructure:"max-recv-queue"`
+	DefaultPort    int               `mapstructure:"default-port"`
+	ClusterBinds   map[string]string `mapstructure:"cluster-bind"`
+	// WriterFailoverSessions: "shutdown" (default) or "keep" the sessions
+	// of a writer that handed the writes over.
+	WriterFailoverSessions string `mapstructure:"writer-failover-sessions"`
+}
+
+// Health is the nodes' health-check port: for run and render the
+// port the default template checks (or "none"), for register the port
+// this node publishes as its own ("" or "none": publish none).
+type Health struct {
+	CheckPort string `mapstructure:"check-port"`
 }
 
 // HAProxy is the HAProxy haconfd keeps in step, and how.
@@ -141,6 +162,8 @@ type Node struct {
 	Layout              string        `mapstructure:"layout"`
 	TTL                 time.Duration `mapstructure:"ttl"`
 	StatePoll           time.Duration `mapstructure:"state-poll"`
+	// Priority is the writer priority the node publishes ("" none).
+	Priority string `mapstructure:"priority"`
 }
 
 // MySQL is the local database the Galera tools read.
@@ -163,6 +186,8 @@ type Config struct {
 	Embedded `mapstructure:",squash"`
 	Watch    `mapstructure:",squash"`
 	Render   `mapstructure:",squash"`
+	Galera   `mapstructure:",squash"`
+	Health   `mapstructure:",squash"`
 	HAProxy  `mapstructure:",squash"`
 	Socket   `mapstructure:",squash"`
 	Loop     `mapstructure:",squash"`
@@ -188,6 +213,8 @@ const (
 	GroupEmbedded Group = "Embedded"
 	GroupWatch    Group = "Watch"
 	GroupRender   Group = "Render"
+	GroupGalera   Group = "Galera"
+	GroupHealth   Group = "Health"
 	GroupHAProxy  Group = "HAProxy"
 	GroupSocket   Group = "Socket"
 	GroupLoop     Group = "Loop"
@@ -200,7 +227,7 @@ const (
 )
 
 // DaemonGroups are the groups of `haconfd run` (and `render`, its dry run).
-var DaemonGroups = []Group{GroupEtcd, GroupEmbedded, GroupWatch, GroupRender, GroupHAProxy, GroupSocket, GroupLoop, GroupServe, GroupFleet, GroupLog}
+var DaemonGroups = []Group{GroupEtcd, GroupEmbedded, GroupWatch, GroupRender, GroupGalera, GroupHealth, GroupHAProxy, GroupSocket, GroupLoop, GroupServe, GroupFleet, GroupLog}
 
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
@@ -209,7 +236,10 @@ func Defaults() Config {
 		Etcd:     Etcd{EtcdEndpoints: []string{"http://127.0.0.1:2379"}, EtcdDialTimeout: 5 * time.Second},
 		Embedded: Embedded{EmbeddedEtcdURL: "http://127.0.0.1:2379"},
 		Watch:    Watch{Prefixes: []string{"/components/galera"}},
-		Render:   Render{Bind: ":3306", CheckPort: "9200", Vars: map[string]string{}},
+		Render:   Render{Bind: ":3306", Vars: map[string]string{}},
+		Galera: Galera{WriterIsReader: true, MaxWriters: 1, DefaultPort: node.DefaultPort,
+			ClusterBinds: map[string]string{}, WriterFailoverSessions: WriterSessionsShutdown},
+		Health: Health{CheckPort: "9200"},
 		HAProxy: HAProxy{
 			Output:       "/etc/haproxy/haproxy.cfg",
 			HAProxyBin:   "haproxy",
@@ -226,7 +256,7 @@ func Defaults() Config {
 		Fleet:  Fleet{StatusPrefix: "/haconfd/instances", StatusTTL: 10 * time.Second, MaxConcurrentReloads: 1},
 		Log:    Log{LogFormat: "text", LogLevel: "info"},
 		Node: Node{NodeID: host, Port: node.DefaultPort, Host: host, Layout: string(node.LayoutDir),
-			TTL: 10 * time.Second, StatePoll: 500 * time.Millisecond},
+			TTL: 10 * time.Second, StatePoll: 50 * time.Millisecond},
 		MySQL: MySQL{QueryTimeout: 2 * time.Second},
 	}
 }
@@ -247,9 +277,9 @@ var flagHelp = map[string]string{
 	"template":                "Go template file to render (default: the embedded galera.cfg.tmpl on top of the embedded base)",
 	"base":                    "static file (global/defaults) put before the rendered sections",
 	"bind":                    "address the default template's listen section binds (template variable .Vars.bind)",
-	"single-writer":           "default template: only one Synced node (lowest wsrep_local_index, kept while Synced) takes traffic in listen galera, the others are backup",
-	"writer-bind":             "default template: also render a single-writer section \"listen galera-writer\" on this address",
-	"check-port":              "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check",
+	"single-writer":           "default template: only the writers (--max-writers nodes in rotation, by priority) take traffic in listen galera, the others get weight 0",
+	"writer-bind":             "default template: also render a section \"listen galera-writer\" on this address that only the writers serve",
+	"check-port":              "port of the node health check for the default template's httpchk, or \"none\" for a plain TCP check (register: this node's own check port, published as <id>/check_port and used by the default template)",
 	"var":                     "extra template variables as key=value (template: .Vars.key), repeatable",
 	"output":                  "the live HAProxy config file haconfd writes",
 	"haproxy-bin":             "HAProxy binary",
@@ -285,12 +315,25 @@ var flagHelp = map[string]string{
 	"service-instance-name":   "published as <id>/service_instance_name, e.g. the unit name",
 	"layout":                  "dir (one key per field) or json (one JSON value)",
 	"ttl":                     "lease TTL, whole seconds: the node disappears this long after the registrar dies",
-	"state-poll":              "how often the Galera state is read with --mysql-dsn",
+	"state-poll":              "how often the Galera state is read with --mysql-dsn (a new connection each time: a stopped MySQL is seen at the next poll)",
 	"mysql-dsn":               `MySQL to read, e.g. "user:pass@tcp(127.0.0.1:3306)/" or "user:pass@unix(/run/mysqld/mysqld.sock)/" (prefer HACONFD_MYSQL_DSN)`,
 	"query-timeout":           "bound on one read of MySQL's status; past it the node counts as not answering",
 	"available-when-donor":    "answer 200 while the node is Donor/Desynced (wsrep_local_state 2)",
 	"available-when-readonly": "answer 200 while read_only is ON",
 	"disabled-file":           "while this file exists, answer 503 (take the node out by hand)",
+}
+
+// galeraHelp documents the Galera routing settings (issue 15).
+var galeraHelp = map[string]string{
+	"reader-bind":              "default template: also render a section \"listen galera-reader\" on this address served by every node in rotation (read-only nodes too)",
+	"writer-is-reader":         "the writers also take reads in the reader section (false: only when no other node is in rotation)",
+	"max-writers":              "how many nodes take writes in the writer sections (--single-writer, --writer-bind): the best by priority (lowest positive; <= 0 never), then wsrep_local_index",
+	"writer-failback":          "give the writes back to the preferred node when it is back in rotation (default: a writer keeps them while it stays in rotation)",
+	"writer-failover-sessions": "when the writes move to another node: shutdown (end the old writer's sessions in the writer sections) or keep",
+	"max-recv-queue":           "drain a node whose wsrep_local_recv_queue (the smallest over the last second, as register publishes it) is above this, until it is below half of it; 0: off",
+	"default-port":             "MySQL port of a node that publishes none (e.g. severalnines' /galera/<cluster>/<ip>/ layout)",
+	"cluster-bind":             "address of each cluster found under a prefix above clusters (/galera/<cluster>/<node>/...), as cluster=addr, repeatable; a cluster not named here gets no section",
+	"priority":                 "writer priority published as <id>/priority: the lowest positive takes the writes, <= 0 never a writer (empty: none published)",
 }
 
 // groupAnnotation marks a flag with its group.
@@ -341,6 +384,9 @@ func AddGroups(fs *pflag.FlagSet, override func(*Config), groups ...Group) {
 			continue
 		}
 		help := flagHelp[f.key]
+		if help == "" {
+			help = galeraHelp[f.key]
+		}
 		switch val := v.FieldByIndex(f.index).Interface().(type) {
 		case string:
 			fs.String(f.key, val, help)
@@ -613,6 +659,12 @@ func (c *Config) Validate() error {
 	if has(GroupRender) {
 		c.Render.validate(&p)
 	}
+	if has(GroupGalera) {
+		c.Galera.validate(&p, c.Bind, c.WriterBind)
+	}
+	if has(GroupHealth) {
+		c.Health.validate(&p, has(GroupRender))
+	}
 	if has(GroupHAProxy) {
 		c.HAProxy.validate(&p)
 	}
@@ -695,15 +747,71 @@ func (r *Render) validate(p *problems) {
 			p.bad("writer-bind", "%q: %v", r.WriterBind, err)
 		}
 	}
-	if r.CheckPort != "none" {
-		if n, err := strconv.Atoi(r.CheckPort); err != nil || n < 1 || n > 65535 {
-			p.bad("check-port", "%q must be a port 1-65535 or \"none\"", r.CheckPort)
-		}
-	}
 	for k, v := range r.Vars {
 		if k == "" || strings.ContainsAny(k+v, "\r\n") {
 			p.bad("var", "%q=%q: keys must be non-empty and values single-line", k, v)
 		}
+	}
+}
+
+// Writer session policies (--writer-failover-sessions).
+const (
+	WriterSessionsShutdown = "shutdown"
+	WriterSessionsKeep     = "keep"
+)
+
+// reservedSections are the sections the default template renders: a
+// cluster may not be named like one.
+var reservedSections = []string{"galera", "galera-writer", "galera-reader"}
+
+func (g *Galera) validate(p *problems, bind, writerBind string) {
+	if g.ReaderBind != "" {
+		if err := checkHostPort(g.ReaderBind); err != nil {
+			p.bad("reader-bind", "%q: %v", g.ReaderBind, err)
+		} else if g.ReaderBind == bind || g.ReaderBind == writerBind {
+			p.bad("reader-bind", "%q is already --bind or --writer-bind", g.ReaderBind)
+		}
+	}
+	if g.MaxWriters < 1 || g.MaxWriters > 64 {
+		p.bad("max-writers", "must be 1-64, got %d", g.MaxWriters)
+	}
+	if g.MaxRecvQueue < 0 {
+		p.bad("max-recv-queue", "must not be negative (0 turns it off), got %d", g.MaxRecvQueue)
+	}
+	if g.DefaultPort < 1 || g.DefaultPort > 65535 {
+		p.bad("default-port", "%d: not 1-65535", g.DefaultPort)
+	}
+	switch g.WriterFailoverSessions {
+	case WriterSessionsShutdown, WriterSessionsKeep:
+	default:
+		p.bad("writer-failover-sessions", "%q must be shutdown or keep", g.WriterFailoverSessions)
+	}
+	binds := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(g.ClusterBinds)) {
+		addr := g.ClusterBinds[name]
+		switch {
+		case name == "" || strings.ContainsAny(name, "/ \t\r\n"):
+			p.bad("cluster-bind", "%q=%q: a cluster name is one path element, without / or spaces", name, addr)
+		case slices.Contains(reservedSections, node.ClusterServiceName(name)):
+			p.bad("cluster-bind", "%q: the default template already has a section of that name", name)
+		case checkHostPort(addr) != nil:
+			p.bad("cluster-bind", "%q=%q: %v", name, addr, checkHostPort(addr))
+		case addr == bind || addr == writerBind || addr == g.ReaderBind:
+			p.bad("cluster-bind", "%q=%q: the address is already bound by another section", name, addr)
+		case binds[addr] != "":
+			p.bad("cluster-bind", "%q=%q: the address is already cluster %q's", name, addr, binds[addr])
+		default:
+			binds[addr] = name
+		}
+	}
+}
+
+func (h *Health) validate(p *problems, daemon bool) {
+	if h.CheckPort == "none" || h.CheckPort == "" && !daemon {
+		return
+	}
+	if n, err := strconv.Atoi(h.CheckPort); err != nil || n < 1 || n > 65535 {
+		p.bad("check-port", "%q must be a port 1-65535 or \"none\"", h.CheckPort)
 	}
 }
 
@@ -821,6 +929,11 @@ func (n *Node) validate(p *problems) {
 	}
 	if n.StatePoll <= 0 {
 		p.bad("state-poll", "must be positive, got %s", n.StatePoll)
+	}
+	if n.Priority != "" {
+		if v, err := strconv.Atoi(n.Priority); err != nil || v < -1<<20 || v > 1<<20 {
+			p.bad("priority", "%q must be a whole number (lowest positive wins, <= 0 never a writer)", n.Priority)
+		}
 	}
 }
 

@@ -99,6 +99,18 @@ func TestBadSettings(t *testing.T) {
 		{"unknown key in file", []string{"--config", unknown}, nil, "prefixx"},
 		{"broken file", []string{"--config", broken}, nil, "--config " + broken},
 		{"missing file", []string{"--config", "/nonexistent.yaml"}, nil, "--config /nonexistent.yaml"},
+		{"reader bind without port", []string{"--reader-bind", "127.0.0.1"}, nil, "--reader-bind: \"127.0.0.1\": not host:port"},
+		{"reader bind is the bind", []string{"--bind", "127.0.0.1:3306", "--reader-bind", "127.0.0.1:3306"}, nil, "--reader-bind: \"127.0.0.1:3306\" is already --bind or --writer-bind"},
+		{"max writers zero", []string{"--max-writers", "0"}, nil, "--max-writers: must be 1-64, got 0"},
+		{"negative max recv queue", []string{"--max-recv-queue", "-5"}, nil, "--max-recv-queue: must not be negative"},
+		{"default port", []string{"--default-port", "70000"}, nil, "--default-port: 70000: not 1-65535"},
+		{"writer failover sessions", []string{"--writer-failover-sessions", "kill"}, nil, "--writer-failover-sessions: \"kill\" must be shutdown or keep"},
+		{"cluster bind without address", []string{"--cluster-bind", "c1=nowhere"}, nil, "--cluster-bind: \"c1\"=\"nowhere\": not host:port"},
+		{"cluster bind reserved name", []string{"--cluster-bind", "galera-writer=127.0.0.1:4000"}, nil, "--cluster-bind: \"galera-writer\": the default template already has a section of that name"},
+		{"cluster bind on the bind", []string{"--bind", "127.0.0.1:3306", "--cluster-bind", "c1=127.0.0.1:3306"}, nil, "the address is already bound by another section"},
+		{"cluster bind twice", []string{"--cluster-bind", "c1=127.0.0.1:4000,c2=127.0.0.1:4000"}, nil, "the address is already cluster \"c1\"'s"},
+		{"cluster bind with slash", []string{"--cluster-bind", "a/b=127.0.0.1:4000"}, nil, "a cluster name is one path element"},
+		{"env max writers", nil, []string{"HACONFD_MAX_WRITERS=two"}, "HACONFD_MAX_WRITERS: \"two\" is not a whole number"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -191,7 +203,7 @@ func TestGroups(t *testing.T) {
 // Each group's own rules look at no file: they hold for paths that do
 // not exist; the files are checked apart.
 func TestGroupRulesArePure(t *testing.T) {
-	r := Render{Bind: ":3306", CheckPort: "9200", Template: "/nonexistent/t.tmpl"}
+	r := Render{Bind: ":3306", Template: "/nonexistent/t.tmpl"}
 	var p problems
 	r.validate(&p)
 	if len(p) != 0 {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +22,7 @@ import (
 const (
 	DefaultPrefix       = "/components/galera"
 	DefaultTTL          = 10 * time.Second
-	DefaultStatePoll    = 500 * time.Millisecond
+	DefaultStatePoll    = 50 * time.Millisecond
 	DefaultStopTimeout  = 5 * time.Second
 	defaultOpTimeout    = 5 * time.Second
 	maxRegisterBackoff  = 5 * time.Second
@@ -63,10 +64,14 @@ type Options struct {
 	ServiceInstanceName string        // optional token
 	Layout              Layout        // default LayoutDir
 	TTL                 time.Duration // lease TTL, whole seconds, default DefaultTTL
+	Priority            string        // writer priority to publish ("" none)
+	CheckPort           int           // the node's own health-check port to publish (0 none)
 	// Wsrep, when set, is polled every StatePoll and the node's Galera
-	// state and index are published with the registration (on the same
-	// lease), each time they change. While it fails, the state published
-	// is StateUnreachable.
+	// state, index and signals are published with the registration (on
+	// the same lease), each time they change; the recv queue is the
+	// smallest seen over the last second (a burst is not lag) and, with
+	// wsrep_flow_control_paused, goes out at most every 500ms. While it
+	// fails, the state published is StateUnreachable.
 	Wsrep        WsrepReader
 	StatePoll    time.Duration // default DefaultStatePoll
 	QueryTimeout time.Duration // bounds one status read, default DefaultCheckTimeout
@@ -78,7 +83,16 @@ type Options struct {
 type nodeState struct {
 	state string // "" when no Wsrep reader
 	index int    // -1 when unknown
+	sig   node.Signals
 }
+
+// continuousEvery bounds how often a change of the continuous signals
+// alone (recv queue, flow control) is published.
+const continuousEvery = 500 * time.Millisecond
+
+// recvWindow is how long a recv queue must stay high to be published
+// high: the smallest value over it is published.
+const recvWindow = time.Second
 
 // Registrar keeps one node registered in etcd: every key on one lease, kept
 // alive; registered again (new lease) when the lease is lost (expired
@@ -203,7 +217,8 @@ func (r *Registrar) desired() map[string]string {
 	o := r.opts
 	return node.Encode(o.Prefix, node.Registration{
 		ID: o.ID, IP: o.IP, Port: o.Port, Host: o.Host, ServiceInstanceName: o.ServiceInstanceName,
-		State: r.state.state, Index: r.state.index,
+		State: r.state.state, Index: r.state.index, Signals: r.state.sig,
+		Priority: o.Priority, CheckPort: o.CheckPort,
 	}, o.Layout)
 }
 
@@ -216,7 +231,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	if r.opts.Wsrep != nil {
 		// Publish the state with the first registration: a node without a
 		// state counts as Synced.
-		r.state = r.readState(ctx, -1)
+		r.state = r.readState(ctx, nodeState{index: -1})
 		states = make(chan nodeState, 1)
 		wg.Add(1)
 		go func() {
@@ -286,13 +301,23 @@ func (r *Registrar) register(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-// putAll writes every desired key on the current lease, in one
+// putAll writes the desired keys that changed since the last write (every
+// key after a new lease, or when all is set) on the current lease, in one
 // transaction, and removes keys it wrote before that are no longer
-// desired. It returns the revision of the write.
+// desired. It returns the revision of the write. Writing only what
+// changed keeps each key's revision the time of its last change (a
+// node's state revision orders it against its wsrep_notify record).
 func (r *Registrar) putAll(ctx context.Context) (int64, error) {
+	return r.put(ctx, true)
+}
+
+func (r *Registrar) put(ctx context.Context, all bool) (int64, error) {
 	want := r.desired()
 	var ops []clientv3.Op
 	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if old, ok := r.kvs[k]; ok && old == want[k] && !all {
+			continue
+		}
 		ops = append(ops, clientv3.OpPut(k, want[k], clientv3.WithLease(r.lease)))
 	}
 	for k := range r.kvs {
@@ -345,11 +370,16 @@ func (r *Registrar) keep(ctx context.Context, rev int64, states <-chan nodeState
 			if s == r.state {
 				continue
 			}
+			prev := r.state
 			r.state = s
 			if err := r.write(kctx); err != nil {
 				return err
 			}
-			r.logger.Info("state published", "id", r.opts.ID, "state", s.state, "index", s.index)
+			if prev.state != s.state || prev.index != s.index || !sameDiscrete(prev.sig, s.sig) {
+				r.logger.Info("state published", "id", r.opts.ID, "state", s.state, "index", s.index, "signals", signalsText(s.sig))
+			} else {
+				r.logger.Debug("signals published", "id", r.opts.ID, "recv_queue", s.sig.RecvQueue, "flow_control_paused", s.sig.FlowControlPaused)
+			}
 		case wr, ok := <-wch:
 			// Only deletions are undone: a put by someone else may be a
 			// second registrar with the same id, and fighting it would
@@ -386,7 +416,7 @@ func (r *Registrar) keep(ctx context.Context, rev int64, states <-chan nodeState
 func (r *Registrar) write(ctx context.Context) error {
 	octx, cancel := context.WithTimeout(ctx, defaultOpTimeout)
 	defer cancel()
-	_, err := r.putAll(octx)
+	_, err := r.put(octx, false)
 	return err
 }
 
@@ -432,19 +462,35 @@ func (r *Registrar) stop() error {
 }
 
 // poll reads the node's status every StatePoll and sends the published
-// state when it changes; a pending update not yet taken is replaced.
+// state when it changes; a pending update not yet taken is replaced. A
+// change of the continuous signals alone (recv queue, flow control) goes
+// out at most every continuousEvery; the recv queue published is the
+// smallest read over the last recvWindow, so that only a queue that stays
+// high is published high, while a drop shows at once.
 func (r *Registrar) poll(ctx context.Context, last nodeState, out chan nodeState) {
 	t := time.NewTicker(r.opts.StatePoll)
 	defer t.Stop()
+	var win recvWindowMin
+	lastContinuous := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		s := r.readState(ctx, last.index)
+		now := time.Now()
+		s := r.readState(ctx, last)
+		s.sig.RecvQueue = win.add(now, s.sig.RecvQueue)
 		if s == last {
 			continue
+		}
+		if s.state == last.state && s.index == last.index && sameDiscrete(s.sig, last.sig) {
+			if now.Sub(lastContinuous) < continuousEvery && !(s.sig.RecvQueue == "0" && last.sig.RecvQueue != "0") {
+				continue
+			}
+		}
+		if s.sig.RecvQueue != last.sig.RecvQueue || s.sig.FlowControlPaused != last.sig.FlowControlPaused {
+			lastContinuous = now
 		}
 		last = s
 		select { // replace a pending update
@@ -455,10 +501,61 @@ func (r *Registrar) poll(ctx context.Context, last nodeState, out chan nodeState
 	}
 }
 
+// sameDiscrete compares the signals that go out at once.
+func sameDiscrete(a, b node.Signals) bool {
+	a.RecvQueue, b.RecvQueue = "", ""
+	a.FlowControlPaused, b.FlowControlPaused = "", ""
+	return a == b
+}
+
+func signalsText(s node.Signals) string {
+	var parts []string
+	for _, f := range [][2]string{{"ready", s.Ready}, {"cluster", s.ClusterStatus}, {"desync", s.Desync},
+		{"reject", s.RejectQueries}, {"donor_rejects", s.DonorRejectsQueries}, {"read_only", s.ReadOnly},
+		{"maint", s.MaintMode}, {"recv_queue", s.RecvQueue}} {
+		if f[1] != "" {
+			parts = append(parts, f[0]+"="+f[1])
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// recvWindowMin keeps the recv queue readings of the last recvWindow.
+type recvWindowMin struct {
+	samples []recvSample
+}
+
+type recvSample struct {
+	at time.Time
+	q  int64
+}
+
+// add records a reading ("" when unreadable: the window is cleared) and
+// returns the smallest over the window, as published.
+func (w *recvWindowMin) add(at time.Time, v string) string {
+	q, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		w.samples = w.samples[:0]
+		return v
+	}
+	keep := w.samples[:0]
+	for _, s := range w.samples {
+		if at.Sub(s.at) < recvWindow {
+			keep = append(keep, s)
+		}
+	}
+	w.samples = append(keep, recvSample{at, q})
+	m := q
+	for _, s := range w.samples {
+		m = min(m, s.q)
+	}
+	return strconv.FormatInt(m, 10)
+}
+
 // readState reads the status once and maps it to what is published. While
 // MySQL does not answer, the state is StateUnreachable and the last known
-// index is kept.
-func (r *Registrar) readState(ctx context.Context, lastIndex int) nodeState {
+// index and signals are kept.
+func (r *Registrar) readState(ctx context.Context, last nodeState) nodeState {
 	qctx, cancel := context.WithTimeout(ctx, r.opts.QueryTimeout)
 	defer cancel()
 	st, err := r.opts.Wsrep.ReadWsrep(qctx)
@@ -466,14 +563,14 @@ func (r *Registrar) readState(ctx context.Context, lastIndex int) nodeState {
 		if ctx.Err() == nil {
 			r.logger.Debug("node status unreadable", "id", r.opts.ID, "err", err)
 		}
-		return nodeState{state: StateUnreachable, index: lastIndex}
+		return nodeState{state: StateUnreachable, index: last.index, sig: last.sig}
 	}
-	return publishedState(st, lastIndex)
+	return publishedState(st, last.index)
 }
 
-// publishedState is the state and index published for st: Galera's own
-// comment when haconfd's parser accepts it, else the name of the numeric
-// state.
+// publishedState is the state, index and signals published for st:
+// Galera's own comment when haconfd's parser accepts it, else the name of
+// the numeric state.
 func publishedState(st Wsrep, lastIndex int) nodeState {
 	s := nodeState{state: st.Comment, index: st.Index}
 	if s.index < 0 {
@@ -482,5 +579,14 @@ func publishedState(st Wsrep, lastIndex int) nodeState {
 	if s.state == "" || !node.ValidState(s.state) {
 		s.state = stateName(st.State)
 	}
+	ro := "OFF"
+	if st.ReadOnly {
+		ro = "ON"
+	}
+	s.sig, _ = node.Signals{
+		Ready: st.Ready, ClusterStatus: st.ClusterStatus, Desync: st.Desync, RejectQueries: st.RejectQueries,
+		DonorRejectsQueries: st.DonorRejectsQueries, ReadOnly: ro, MaintMode: st.MaintMode,
+		RecvQueue: st.RecvQueue, FlowControlPaused: st.FlowControlPaused,
+	}.Normalized()
 	return s
 }

@@ -42,6 +42,17 @@ type Wsrep struct {
 	Comment  string // wsrep_local_state_comment, "" when absent
 	Index    int    // wsrep_local_index, -1 when absent
 	ReadOnly bool   // @@global.read_only
+
+	// The other signals haconfd routes on, as MySQL spells them ("" when
+	// absent: pxc_maint_mode exists only on Percona XtraDB Cluster).
+	Ready               string // status wsrep_ready: ON/OFF
+	ClusterStatus       string // status wsrep_cluster_status: Primary, non-Primary, Disconnected
+	RecvQueue           string // status wsrep_local_recv_queue
+	FlowControlPaused   string // status wsrep_flow_control_paused
+	Desync              string // variable wsrep_desync: ON/OFF
+	RejectQueries       string // variable wsrep_reject_queries: NONE, ALL, ALL_KILL
+	DonorRejectsQueries string // variable wsrep_sst_donor_rejects_queries: ON/OFF
+	MaintMode           string // variable pxc_maint_mode: DISABLED, SHUTDOWN, MAINTENANCE
 }
 
 // WsrepReader reads a node's Status. It must honour ctx's deadline.
@@ -91,8 +102,11 @@ func NewMySQLReader(dsn string, timeout time.Duration, logger *slog.Logger) (*My
 	}
 	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(2)
-	db.SetMaxIdleConns(1)
-	db.SetConnMaxLifetime(time.Minute)
+	// A new connection for every read: a MySQL that is shutting down
+	// refuses it at once (it closes its listeners first), while an idle
+	// pooled connection would answer until the server kills it, ~1 s
+	// later. Over the unix socket a connection costs well under 1 ms.
+	db.SetMaxIdleConns(-1)
 	return &MySQLReader{db: db}, nil
 }
 
@@ -104,22 +118,20 @@ func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v.
 // Close closes the pool.
 func (m *MySQLReader) Close() error { return m.db.Close() }
 
-// ReadStatus runs SHOW GLOBAL STATUS for the three wsrep variables and
-// reads @@global.read_only.
+// ReadWsrep reads the wsrep status variables and the variables haconfd
+// routes on, on one new connection: SHOW GLOBAL STATUS and SHOW GLOBAL
+// VARIABLES (the SHOW forms work on MariaDB, MySQL and Percona alike).
 func (m *MySQLReader) ReadWsrep(ctx context.Context) (Wsrep, error) {
 	st := Wsrep{State: StateUnknown, Index: -1}
-	rows, err := m.db.QueryContext(ctx, "SHOW GLOBAL STATUS WHERE Variable_name IN "+
-		"('wsrep_local_state','wsrep_local_state_comment','wsrep_local_index')")
+	conn, err := m.db.Conn(ctx)
 	if err != nil {
-		return st, fmt.Errorf("query wsrep status: %w", err)
+		return st, fmt.Errorf("connect: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var name, value string
-		if err := rows.Scan(&name, &value); err != nil {
-			return st, fmt.Errorf("read wsrep status: %w", err)
-		}
-		switch strings.ToLower(name) {
+	defer conn.Close()
+	err = readPairs(ctx, conn, "SHOW GLOBAL STATUS WHERE Variable_name IN "+
+		"('wsrep_local_state','wsrep_local_state_comment','wsrep_local_index','wsrep_ready',"+
+		"'wsrep_cluster_status','wsrep_local_recv_queue','wsrep_flow_control_paused')", func(name, value string) {
+		switch name {
 		case "wsrep_local_state":
 			if n, err := strconv.Atoi(value); err == nil {
 				st.State = n
@@ -130,17 +142,55 @@ func (m *MySQLReader) ReadWsrep(ctx context.Context) (Wsrep, error) {
 			if n, err := strconv.Atoi(value); err == nil && n >= 0 {
 				st.Index = n
 			}
+		case "wsrep_ready":
+			st.Ready = value
+		case "wsrep_cluster_status":
+			st.ClusterStatus = value
+		case "wsrep_local_recv_queue":
+			st.RecvQueue = value
+		case "wsrep_flow_control_paused":
+			st.FlowControlPaused = value
 		}
-	}
-	if err := rows.Err(); err != nil {
+	})
+	if err != nil {
 		return st, fmt.Errorf("read wsrep status: %w", err)
 	}
-	var ro string
-	if err := m.db.QueryRowContext(ctx, "SELECT @@global.read_only").Scan(&ro); err != nil {
-		return st, fmt.Errorf("query read_only: %w", err)
+	err = readPairs(ctx, conn, "SHOW GLOBAL VARIABLES WHERE Variable_name IN "+
+		"('read_only','wsrep_desync','wsrep_reject_queries','wsrep_sst_donor_rejects_queries','pxc_maint_mode')", func(name, value string) {
+		switch name {
+		case "read_only":
+			st.ReadOnly = value == "1" || strings.EqualFold(value, "ON")
+		case "wsrep_desync":
+			st.Desync = value
+		case "wsrep_reject_queries":
+			st.RejectQueries = value
+		case "wsrep_sst_donor_rejects_queries":
+			st.DonorRejectsQueries = value
+		case "pxc_maint_mode":
+			st.MaintMode = value
+		}
+	})
+	if err != nil {
+		return st, fmt.Errorf("read variables: %w", err)
 	}
-	st.ReadOnly = ro == "1" || strings.EqualFold(ro, "ON")
 	return st, nil
+}
+
+// readPairs runs a SHOW that returns (Variable_name, Value) rows.
+func readPairs(ctx context.Context, conn *sql.Conn, query string, f func(name, value string)) error {
+	rows, err := conn.QueryContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, value string
+		if err := rows.Scan(&name, &value); err != nil {
+			return err
+		}
+		f(strings.ToLower(name), value)
+	}
+	return rows.Err()
 }
 
 // stateName is Galera's comment for a wsrep_local_state value, used when a

@@ -20,43 +20,27 @@ func ValidState(s string) bool {
 	return isKnownState(s) || isToken(s, "_.:/-") && len(s) <= maxTokenLen
 }
 
-// PickWriter returns the ID of the one node that should take writes, or ""
-// when no node is Synced (Node.Synced: Synced, or no state published).
+// PickWriter returns the ID of the one node that should take writes among
+// nodes judged by Synced alone (Node.Synced: Synced, or no state
+// published), or "" when none is. Decide is the full policy (every
+// signal, priorities, several writers); PickWriter is it for one writer
+// over the Synced field, kept for callers that have nothing else.
 //
 // It keeps current while current is present and Synced, so the writer only
-// changes when it stops being Synced (a node that comes back does not take
-// the writes back: no failback flapping). Otherwise it picks the Synced node
-// with the lowest wsrep_local_index, as MaxScale's galeramon does; Galera
-// gives every member of a primary component the same view of these
-// indexes, so load balancers that start from no writer pick the same one.
-// Nodes with an unknown index come after those with one; ties go to the
-// smaller ID.
+// changes when it stops being Synced. Otherwise it picks by writerRank:
+// priority, then the lowest wsrep_local_index, as MaxScale's galeramon
+// does, then the ID.
 func PickWriter(nodes []Node, current string) string {
-	best := -1
+	c := make([]Node, len(nodes))
 	for i, n := range nodes {
-		if !n.Synced {
-			continue
-		}
-		if current != "" && n.ID == current {
-			return current
-		}
-		if best < 0 || writerBefore(n, nodes[best]) {
-			best = i
-		}
+		c[i] = Node{ID: n.ID, Index: n.Index, Priority: n.Priority, PrioritySet: n.PrioritySet, Writable: n.Synced}
 	}
-	if best < 0 {
-		return ""
+	var prev []string
+	if current != "" {
+		prev = []string{current}
 	}
-	return nodes[best].ID
-}
-
-func writerBefore(a, b Node) bool {
-	ak, bk := a.Index >= 0, b.Index >= 0
-	switch {
-	case ak != bk:
-		return ak
-	case ak && a.Index != b.Index:
-		return a.Index < b.Index
+	if w := pickWriters(c, prev, 1, false); len(w) > 0 {
+		return w[0]
 	}
-	return a.ID < b.ID
+	return ""
 }

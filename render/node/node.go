@@ -58,7 +58,39 @@ type Node struct {
 	// {{ if .Weighted }} weight {{ .Weight }}{{ end }}.
 	Synced   bool // may take traffic: no state published (nothing says otherwise) or State is "Synced"
 	Weighted bool // Weight is not DefaultWeight, so a server line needs "weight N"
-	IsWriter bool // the single writer (Data.Writer); set in the nodes a template sees
+	IsWriter bool // one of the writers (Data.Writer is the first); set by Decide
+
+	// Rotation, set by Decide for the nodes of one section (service).
+	// These and the fields above come first: text/template finds a field
+	// by a linear search of the struct's fields, for every node.
+	InRotation bool     // takes new connections (reads; writes too in multi-writer sections unless ReadOnly)
+	Writable   bool     // InRotation and not read-only: may take writes
+	Reader     bool     // takes connections in the reader section (--reader-bind)
+	LastResort bool     // in rotation only because no Synced node is left (a Donor/Desynced node)
+	Lagging    bool     // drained for apply lag (--max-recv-queue)
+	CheckPort  int      // the node's own health-check port (0: the section's)
+	Reasons    []string // why it is out of rotation (or in by exception), for /servers, --plan and logs
+
+	// Galera signals (signals.go), "" / false / unset when unpublished.
+	Ready               string // wsrep_ready: ON or OFF
+	ClusterStatus       string // wsrep_cluster_status: Primary, non-Primary, Disconnected
+	Desync              string // wsrep_desync: ON or OFF
+	RejectQueries       string // wsrep_reject_queries: NONE, ALL, ALL_KILL
+	DonorRejectsQueries string // wsrep_sst_donor_rejects_queries: ON or OFF
+	ReadOnly            bool   // read_only is ON
+	MaintMode           string // pxc_maint_mode: DISABLED, SHUTDOWN, MAINTENANCE
+	RecvQueue           int64  // wsrep_local_recv_queue, when RecvQueueSet
+	RecvQueueSet        bool
+	FlowControlPaused   string // wsrep_flow_control_paused as published
+	LastCommitted       string // wsrep_last_committed as published
+	Priority            int    // writer priority, when PrioritySet: lowest positive wins, <= 0 never a writer
+	PrioritySet         bool
+	Drain               *AdminDrain   // an operator's drain (nil: none)
+	Notify              *NotifyRecord // the node's last wsrep_notify record (nil: none)
+	StateRev            int64         // etcd revision of the state key (0 unknown)
+	// Bad lists the signals that could not be read: the node stays
+	// configured, out of rotation.
+	Bad []string
 }
 
 // KV is one etcd key and its value.
@@ -75,6 +107,9 @@ type Problem struct {
 	// directory-style node has its ip but not yet its port): it is left
 	// out until it is complete, rather than added with a guessed value.
 	Incomplete bool
+	// Drained: the node is kept, out of rotation, because one of its
+	// Galera signals could not be read (Node.Bad); it is not skipped.
+	Drained bool
 }
 
 // errIncomplete marks a registration that is still arriving.
@@ -113,7 +148,8 @@ const (
 	dirWsrepSC
 	dirIndex
 	dirWsrepIdx
-	numDirFields
+	dirSig       // first of the numSig signal fields (signals.go)
+	numDirFields = dirSig + dirField(numSig)
 )
 
 // dirFieldOf returns the slot of a directory field name, false for a field
@@ -138,6 +174,9 @@ func dirFieldOf(name string) (dirField, bool) {
 		return dirIndex, true
 	case fieldWsrepIdx:
 		return dirWsrepIdx, true
+	}
+	if g, ok := sigOf(name); ok {
+		return dirSig + dirField(g), true
 	}
 	return 0, false
 }
@@ -175,13 +214,47 @@ type rawNode struct {
 	key   string // <prefix>/<id>, cut from an etcd key
 	value string // value style: <prefix>/<id> = value ("" when absent)
 	dir   int32  // index of its dirFields, -1 when it has none
+	rev   int64  // etcd revision of the value (0 unknown)
 }
+
+// adminOnly are the fields that do not make a registration: keys an
+// operator or Galera's notify command put next to a node's own.
+const adminOnly = 1<<(dirSig+dirField(sigDrain)) | 1<<(dirSig+dirField(sigNotify))
 
 // dirFields are the directory-style values of one node, <prefix>/<id>/<field>
 // = value, for the fields haconfd reads: fixed slots, not a map per node.
 type dirFields struct {
-	v   [numDirFields]string
-	has uint16 // bit f set: v[f] was given
+	v   [dirSig]string // the registration's own fields
+	has uint32         // bit f set: field f was given (v, or sig for the signals)
+	// sig holds the signal fields (signals.go), allocated at the first
+	// one: a node without signals costs no more than it did before them.
+	sig *[numSig]string
+	// etcd revisions of the state and wsrep_notify keys (0 unknown).
+	stateRev, notifyRev int64
+}
+
+// set records field f = v.
+func (d *dirFields) set(f dirField, v string) {
+	if f >= dirSig {
+		if d.sig == nil {
+			d.sig = new([numSig]string)
+		}
+		d.sig[f-dirSig] = v
+	} else {
+		d.v[f] = v
+	}
+	d.has |= 1 << f
+}
+
+// get returns field f.
+func (d *dirFields) get(f dirField) string {
+	if f >= dirSig {
+		if d.sig == nil {
+			return ""
+		}
+		return d.sig[f-dirSig]
+	}
+	return d.v[f]
 }
 
 // dirSlab holds dirFields in fixed chunks: growing it never copies, and at
@@ -205,6 +278,7 @@ func (s *dirSlab) at(i int32) *dirFields { return &s.chunks[i/256][i%256] }
 // fields of a node after merging both styles, still unvalidated.
 type nodeFields struct {
 	ip, port, host, sin, weight, state, index string
+	sig                                       [numSig]string
 }
 
 // Parse returns the valid nodes under prefix, sorted by ID, and one
@@ -217,8 +291,32 @@ type nodeFields struct {
 // from the value, because the directory layout is the one the fleet
 // discovery unit writes and keeps alive field by field with TTLs, while a
 // stale value is the more likely leftover.
+//
+// A directory with no ip key whose name is an IP address is a node at that
+// address (severalnines' etcd-based Galera image writes
+// <prefix>/<node IP>/wsrep_local_state_comment and nothing else).
 func Parse(prefix string, kvs map[string]string) ([]Node, []Problem) {
-	return parseNodes(prefix, len(kvs), maps.All(kvs))
+	return ParseWith(prefix, kvs, Options{})
+}
+
+// Options tune parsing.
+type Options struct {
+	// DefaultPort is the port of a node that publishes none (DefaultPort
+	// when 0).
+	DefaultPort int
+}
+
+func (o Options) port() int {
+	if o.DefaultPort > 0 {
+		return o.DefaultPort
+	}
+	return DefaultPort
+}
+
+// ParseWith is Parse with options.
+func ParseWith(prefix string, kvs map[string]string, o Options) ([]Node, []Problem) {
+	nodes, problems, _ := parseNodes(prefix, len(kvs), maps.All(kvs), nil, o)
+	return nodes, problems
 }
 
 // ParseSorted is Parse over key/value pairs sorted by key (as
@@ -226,24 +324,61 @@ func Parse(prefix string, kvs map[string]string) ([]Node, []Problem) {
 // binary search, and keys of one node follow each other, so at thousands
 // of nodes it is several times faster than going through a map.
 func ParseSorted(prefix string, kvs []KV) ([]Node, []Problem) {
-	under := TrimPrefix(prefix) + "/"
-	lo, _ := slices.BinarySearchFunc(kvs, under, func(kv KV, k string) int { return strings.Compare(kv.Key, k) })
-	hi := lo
-	for hi < len(kvs) && strings.HasPrefix(kvs[hi].Key, under) {
-		hi++
-	}
+	return ParseSortedWith(prefix, kvs, nil, Options{})
+}
+
+// ParseSortedWith is ParseSorted with options; revs, when not nil, holds
+// the etcd mod revision of each pair of kvs (same index), which orders a
+// node's state and wsrep_notify keys (Node.StateRev, NotifyRecord.Rev).
+func ParseSortedWith(prefix string, kvs []KV, revs []int64, o Options) ([]Node, []Problem) {
+	r := ParsePrefix(prefix, kvs, revs, o)
+	return r.Nodes, r.Problems
+}
+
+// Parsed is what ParsePrefix found under a prefix.
+type Parsed struct {
+	Nodes    []Node
+	Problems []Problem
+	// Deep: some keys are more than two levels below the prefix (they
+	// may be clusters' nodes: Clusters says).
+	Deep bool
+}
+
+// ParsePrefix is ParseSortedWith, also saying whether deeper keys exist.
+func ParsePrefix(prefix string, kvs []KV, revs []int64, o Options) Parsed {
+	lo, hi := SortedRange(prefix, kvs)
 	sub := kvs[lo:hi]
-	return parseNodes(prefix, len(sub), func(yield func(string, string) bool) {
+	var rev func(int) int64
+	if len(revs) == len(kvs) {
+		subRevs := revs[lo:hi]
+		rev = func(i int) int64 { return subRevs[i] }
+	}
+	var out Parsed
+	out.Nodes, out.Problems, out.Deep = parseNodes(prefix, len(sub), func(yield func(string, string) bool) {
 		for _, kv := range sub {
 			if !yield(kv.Key, kv.Value) {
 				return
 			}
 		}
-	})
+	}, rev, o)
+	return out
 }
 
-// parseNodes is Parse over n key/value pairs from kvs.
-func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []Problem) {
+// SortedRange returns the bounds of the pairs of kvs (sorted by key) that
+// are below prefix+"/".
+func SortedRange(prefix string, kvs []KV) (lo, hi int) {
+	under := TrimPrefix(prefix) + "/"
+	lo, _ = slices.BinarySearchFunc(kvs, under, func(kv KV, k string) int { return strings.Compare(kv.Key, k) })
+	hi = lo
+	for hi < len(kvs) && strings.HasPrefix(kvs[hi].Key, under) {
+		hi++
+	}
+	return lo, hi
+}
+
+// parseNodes is Parse over n key/value pairs from kvs; rev (may be nil)
+// gives the revision of the i-th pair.
+func parseNodes(prefix string, n int, kvs iter.Seq2[string, string], rev func(int) int64, o Options) (_ []Node, _ []Problem, deepKeys bool) {
 	p := TrimPrefix(prefix)
 	under := p + "/"
 	// Nodes are gathered in a slice indexed through a map, not a map of
@@ -254,7 +389,9 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 	raws := make([]rawNode, 0, n)
 	var dirs dirSlab
 	lastID, last := "", -1
+	pos := -1
 	for k, v := range kvs {
+		pos++
 		if !strings.HasPrefix(k, under) {
 			continue
 		}
@@ -264,6 +401,7 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 		}
 		id, field, deep := strings.Cut(rest, "/")
 		if deep && (field == "" || strings.Contains(field, "/")) {
+			deepKeys = true
 			continue // deeper keys are ignored
 		}
 		i, ok := last, last >= 0 && id == lastID
@@ -279,15 +417,27 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 		r := &raws[i]
 		if !deep {
 			r.value = v
+			if rev != nil {
+				r.rev = rev(pos)
+			}
 			continue
 		}
-		if f, ok := dirFieldOf(field); ok {
-			if r.dir < 0 {
-				r.dir = dirs.add()
+		f, known := dirFieldOf(field)
+		if !known {
+			continue // a field haconfd does not read
+		}
+		if r.dir < 0 {
+			r.dir = dirs.add()
+		}
+		d := dirs.at(r.dir)
+		d.set(f, v)
+		if rev != nil {
+			switch f {
+			case dirState, dirWsrepSC:
+				d.stateRev = max(d.stateRev, rev(pos))
+			case dirSig + dirField(sigNotify):
+				d.notifyRev = rev(pos)
 			}
-			d := dirs.at(r.dir)
-			d.v[f] = v
-			d.has |= 1 << f
 		}
 	}
 	// Sorting indices moves 4 bytes per swap instead of a rawNode.
@@ -305,18 +455,26 @@ func parseNodes(prefix string, n int, kvs iter.Seq2[string, string]) ([]Node, []
 		if r.dir >= 0 {
 			d = dirs.at(r.dir)
 		}
-		n, err := buildNode(r, d)
+		if r.value == "" && d != nil && d.has&^adminOnly == 0 {
+			// Only an operator's drain (or a wsrep_notify record) left
+			// behind by a node that is gone: not a node.
+			continue
+		}
+		n, err := buildNode(r, d, o)
 		if err != nil {
 			problems = append(problems, Problem{Key: r.key, Reason: err.Error(), Incomplete: errors.Is(err, errIncomplete)})
 			continue
 		}
 		n.Key = r.key
+		for _, b := range n.Bad {
+			problems = append(problems, Problem{Key: r.key, Reason: b, Drained: true})
+		}
 		nodes = append(nodes, n)
 	}
 	nodes, dup := assignNames(nodes)
 	problems = append(problems, dup...)
 	SortProblems(problems)
-	return nodes, problems
+	return nodes, problems, deepKeys
 }
 
 // SortProblems sorts problems by key, then reason.
@@ -333,7 +491,7 @@ func SortProblems(ps []Problem) {
 // "/components/galera" watch the same keys.
 func TrimPrefix(prefix string) string { return strings.TrimRight(prefix, "/") }
 
-func buildNode(r *rawNode, d *dirFields) (Node, error) {
+func buildNode(r *rawNode, d *dirFields, o Options) (Node, error) {
 	if err := validateID(r.id); err != nil {
 		return Node{}, err
 	}
@@ -349,12 +507,16 @@ func buildNode(r *rawNode, d *dirFields) (Node, error) {
 	}
 	// Directory fields win over value fields (see Parse).
 	if d == nil {
-		return validateNode(r.id, f)
+		n, err := validateNode(r.id, f, o)
+		if f.state != "" {
+			n.StateRev = r.rev
+		}
+		return n, err
 	}
 	set := func(dst *string, fields ...dirField) {
 		for _, i := range fields {
 			if d.has&(1<<i) != 0 {
-				*dst = d.v[i]
+				*dst = d.get(i)
 				return
 			}
 		}
@@ -371,16 +533,37 @@ func buildNode(r *rawNode, d *dirFields) (Node, error) {
 	set(&f.weight, dirWeight)
 	set(&f.state, dirState, dirWsrepSC)
 	set(&f.index, dirWsrepIdx, dirIndex)
-	n, err := validateNode(r.id, f)
+	if d.sig != nil {
+		for g := sig(0); g < numSig; g++ {
+			set(&f.sig[g], dirSig+dirField(g))
+		}
+	}
+	// severalnines' layout: the directory is named after the node's IP
+	// and has no ip key (nor a value).
+	if f.ip == "" && d.has&(1<<dirIP) == 0 {
+		if a, err := netip.ParseAddr(r.id); err == nil && a.Zone() == "" {
+			f.ip = r.id
+		}
+	}
+	n, err := validateNode(r.id, f, o)
 	if err == nil && incomplete {
 		return Node{}, fmt.Errorf("%w: it has an ip but no port key yet", errIncomplete)
+	}
+	if err == nil {
+		n.StateRev = d.stateRev
+		if d.has&(1<<dirState|1<<dirWsrepSC) == 0 && f.state != "" {
+			n.StateRev = r.rev // the state came with the value
+		}
+		if n.Notify != nil {
+			n.Notify.Rev = d.notifyRev
+		}
 	}
 	return n, err
 }
 
 // validateNode checks every field. Empty optional fields count as absent.
-func validateNode(id string, f nodeFields) (Node, error) {
-	n := Node{ID: id, Port: DefaultPort, Weight: DefaultWeight, Index: -1, Synced: true}
+func validateNode(id string, f nodeFields, o Options) (Node, error) {
+	n := Node{ID: id, Port: o.port(), Weight: DefaultWeight, Index: -1, Synced: true}
 	if f.ip == "" {
 		return Node{}, fmt.Errorf("missing ip")
 	}
@@ -436,6 +619,7 @@ func validateNode(id string, f nodeFields) (Node, error) {
 		}
 		n.Index = i
 	}
+	applySignals(&n, &f)
 	return n, nil
 }
 
@@ -531,6 +715,9 @@ func parseJSONValue(v string) (nodeFields, error) {
 		steps = append(steps, num(&f.index, fieldIndex))
 	} else {
 		steps = append(steps, num(&f.index, fieldWsrepIdx))
+	}
+	for g := sig(0); g < numSig; g++ {
+		steps = append(steps, scalar(&f.sig[g], m[sigNames[g]], sigNames[g]))
 	}
 	for _, err := range steps {
 		if err != nil {
