@@ -9,7 +9,6 @@ import (
 	"github.com/haconfd/haconfd/internal/etcdclient"
 	"github.com/haconfd/haconfd/internal/testbed"
 	"log/slog"
-	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -494,12 +493,11 @@ func (r *statusRecorder) waitFor(t *testing.T, connected bool) ConnState {
 
 func freeURL(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	u, err := testbed.FreeURL()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return "http://" + l.Addr().String()
+	return u
 }
 
 func TestEtcdDownAtStart(t *testing.T) {

@@ -120,9 +120,6 @@ func StartMember(ctx context.Context, opts Options, m Member) (*Server, error) {
 	return start(ctx, opts, m)
 }
 
-// FreeURL is http://127.0.0.1:<a port the kernel just handed out>.
-func FreeURL() (string, error) { return freeURL() }
-
 func start(ctx context.Context, opts Options, mc memberConfig) (*Server, error) {
 	if strings.TrimSpace(opts.Dir) == "" {
 		return nil, fmt.Errorf("etcd data dir: %w: must not be empty", ErrInvalidOptions)

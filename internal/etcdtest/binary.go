@@ -3,6 +3,7 @@ package etcdtest
 import (
 	"context"
 	"fmt"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,8 +14,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
-	"github.com/haconfd/haconfd/internal/etcdserver"
 )
 
 // Process is an etcd member run from the etcd binary (Debian's
@@ -56,11 +55,11 @@ func Binary(t testing.TB) string {
 func StartProcess(t testing.TB) *Process {
 	t.Helper()
 	bin := Binary(t)
-	cu, err := etcdserver.FreeURL()
+	cu, err := testbed.FreeURL()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, err := etcdserver.FreeURL()
+	pu, err := testbed.FreeURL()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/haconfd/haconfd/internal/etcdserver"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"go.uber.org/zap"
 	"path/filepath"
 	"runtime"
@@ -45,11 +46,11 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c := &Cluster{}
 	var peers []string
 	for i := range n {
-		cu, err := etcdserver.FreeURL()
+		cu, err := testbed.FreeURL()
 		if err != nil {
 			t.Fatalf("start etcd cluster: %v", err)
 		}
-		pu, err := etcdserver.FreeURL()
+		pu, err := testbed.FreeURL()
 		if err != nil {
 			t.Fatalf("start etcd cluster: %v", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -147,8 +148,67 @@ func Ask(addr string, timeout time.Duration) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+// FreePort is a TCP port on 127.0.0.1 that nothing uses now and that no
+// outgoing connection can take before the caller binds it.
+//
+// A port the kernel hands out for ":0" comes from the ephemeral range
+// (net.ipv4.ip_local_port_range), the same range every outgoing
+// connection draws its local port from. Between closing the probe and
+// HAProxy (or etcd) binding the port, a long-lived client connection of
+// another test package running alongside (an etcd client, say) can take
+// it, and the bind then fails with "address already in use" for as long
+// as that connection lives (seen in CI). So the port is drawn at random
+// below the ephemeral range, checked by binding it, and never handed out
+// twice by one process.
 func FreePort() (int, error) {
+	lo, hi := portPool()
+	if hi <= lo {
+		return kernelPort()
+	}
+	portMu.Lock()
+	defer portMu.Unlock()
+	for range 200 {
+		p := lo + rand.IntN(hi-lo)
+		if portGiven[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		if err := ln.Close(); err != nil {
+			return 0, err
+		}
+		portGiven[p] = true
+		return p, nil
+	}
+	return 0, fmt.Errorf("no free port in %d-%d on 127.0.0.1 after 200 tries", lo, hi-1)
+}
+
+var (
+	portMu    sync.Mutex
+	portGiven = map[int]bool{}
+)
+
+// portPool is [lo, hi): the ports below the kernel's ephemeral range,
+// from 10000 up. Empty when that range starts too low to leave room.
+func portPool() (lo, hi int) {
+	lo, hi = 10000, 32768 // Linux's default ephemeral range starts at 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				hi = n
+			}
+		}
+	}
+	if hi-lo < 1000 {
+		return 0, 0
+	}
+	return lo, hi
+}
+
+// kernelPort asks the kernel for a free port (the ephemeral range).
+func kernelPort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -164,6 +224,16 @@ func FreeAddr() (string, error) {
 		return "", err
 	}
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
+
+// FreeURL is http://127.0.0.1:<FreePort>, for an etcd that is started
+// later on it.
+func FreeURL() (string, error) {
+	a, err := FreeAddr()
+	if err != nil {
+		return "", err
+	}
+	return "http://" + a, nil
 }
 
 // ErrTimeout is returned by Poll when the condition never held.
