@@ -105,9 +105,10 @@ e2e-galera30:
 # machine without a registry (e2e/docker/base-images.sh makes its base
 # images) and runs it: supervise mode, the sidecar and the compose examples
 # (root, a running Docker engine; installs debootstrap and docker-compose).
+# E2E_DOCKER_ARGS go to e2e/docker/main.go (e.g. -only images, -skip-images).
 .PHONY: e2e-docker
 e2e-docker:
-	bash e2e/docker/run.sh
+	bash e2e/docker/run.sh $(E2E_DOCKER_ARGS)
 
 # The virtual-IP end-to-end test: three load balancers as network
 # namespaces, each with keepalived (examples/keepalived/), haconfd and

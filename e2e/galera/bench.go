@@ -91,12 +91,16 @@ func (e *env) bench(cl *client, mon *monitor, steps []step) []error {
 	slices.SortFunc(backs, byTime)
 
 	// lastAfter: the last successful query on node that began in [from,
-	// until), and how many began after from+100ms.
-	lastAfter := func(node string, from, until time.Time) (time.Duration, int, int) {
+	// until), and how many began after from+100ms. From syncedFrom on (the
+	// test undid what took the node out, e.g. wsrep_desync=OFF), a query
+	// the node answered as Synced does not count: the monitor sees the node
+	// back only at its next poll, and such a query went to a Synced node.
+	lastAfter := func(node string, from, until, syncedFrom time.Time) (time.Duration, int, int) {
 		var last time.Duration
 		served, late := 0, 0
 		for _, r := range recs {
-			if r.err != "" || r.node != node || r.at.Before(from) || !r.at.Before(until) {
+			if r.err != "" || r.node != node || r.at.Before(from) || !r.at.Before(until) ||
+				!r.at.Before(syncedFrom) && r.state == "Synced" {
 				continue
 			}
 			served++
@@ -133,7 +137,14 @@ func (e *env) bench(cl *client, mon *monitor, steps []step) []error {
 			fmt.Printf("  %s %-18s %s: the last resort (no other node Synced): not counted\n", l.at.Format("15:04:05.000"), l.node, l.what)
 			continue
 		}
-		d, served, late := lastAfter(l.node, l.at, nextBack(l.node, l.at))
+		syncedFrom := time.Now().Add(time.Hour)
+		for _, ev := range events {
+			if ev.kind == "resync" && ev.node == l.node && ev.at.After(l.at) {
+				syncedFrom = ev.at
+				break
+			}
+		}
+		d, served, late := lastAfter(l.node, l.at, nextBack(l.node, l.at), syncedFrom)
 		leaveD = append(leaveD, d)
 		lateTotal += late
 		fmt.Printf("  %s %-18s %s: last new query %6s later (%d served after it left, %d more than 100ms after)\n",
@@ -164,7 +175,7 @@ func (e *env) bench(cl *client, mon *monitor, steps []step) []error {
 					break
 				}
 			}
-			d, served, late := lastAfter(a.node, a.at, until)
+			d, served, late := lastAfter(a.node, a.at, until, time.Now().Add(time.Hour))
 			ad = append(ad, d)
 			fmt.Printf("  %s %-18s %s: last new query %6s later (%d served, %d more than 100ms after)\n", a.at.Format("15:04:05.000"), a.node, a.what, d.Round(time.Millisecond), served, late)
 			if d > e.f.drainBound {

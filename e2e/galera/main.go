@@ -305,7 +305,7 @@ func (e *env) coreSteps(ctx context.Context, cl *client) []step {
 			return pause(ctx, 3*time.Second)
 		}},
 		{name: "resync node3 (wsrep_desync=OFF)", do: func() error {
-			t0 := time.Now()
+			t0 := e.event(n3.name, "resync")
 			if _, err := n3.db.ExecContext(ctx, "SET GLOBAL wsrep_desync=OFF"); err != nil {
 				return fmt.Errorf("resync node3: %w", err)
 			}
