@@ -153,9 +153,9 @@ func sideBySide(a, b string, first, second []string) string {
 		}
 		return f
 	}
-	// A measurement may carry its run's own counts ("(9099 ok)"): not
-	// part of what is compared.
-	counts := regexp.MustCompile(` \([0-9]+ ok\)`)
+	// A measurement may carry its run's own counts ("(26 changes, 9099
+	// ok)"): not part of what is compared.
+	counts := regexp.MustCompile(` \(([0-9]+ [a-z]+, )*[0-9]+ ok\)`)
 	key := func(c []string) string { return counts.ReplaceAllString(c[0], "") + "\x00" + c[1] }
 	byKey := map[string][]string{}
 	for _, r := range second {
@@ -470,7 +470,7 @@ func churn() ([]string, error) {
 		}
 	}
 	return []string{
-		one(fmt.Sprintf("failed connections, 32 clients, %d membership changes in 10 s (%d ok)", changes, ok), "runtime", strconv.Itoa(failed), "0"),
+		one(fmt.Sprintf("failed connections, 32 clients, membership changes for 10 s (%d changes, %d ok)", changes, ok), "runtime", strconv.Itoa(failed), "0"),
 		one("HAProxy processes started during that churn", "runtime", strconv.Itoa(started), "0"),
 	}, nil
 }

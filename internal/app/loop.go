@@ -1,3 +1,9 @@
+// Package app is haconfd's reconcile loop and what it drives: two lanes
+// (server changes through the runtime API at once; reloads, drains and
+// fleet slots as background jobs), the targets it keeps in step with etcd
+// (a running HAProxy, confd resources, a dry run), the guards per server,
+// the Galera rotation and writers, the events it publishes, and the HTTP
+// endpoints and page that show them. cmd/haconfd wires it from config.
 package app
 
 import (

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/haconfd/haconfd/internal/etcdclient"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/haconfd/haconfd/haproxy"
 	"github.com/haconfd/haconfd/internal/config"
+	"github.com/haconfd/haconfd/internal/etcdclient"
 	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/render"
 	"github.com/haconfd/haconfd/templates"
