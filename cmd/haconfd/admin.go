@@ -22,12 +22,20 @@ import (
 // is and the prefix the node is registered under.
 var adminGroups = []config.Group{config.GroupEtcd, config.GroupWatch, config.GroupLog}
 
-// onePrefix is the single --prefix a node command works under.
-func onePrefix(cfg config.Config) (string, error) {
-	if len(cfg.Prefixes) != 1 {
-		return "", &exitError{code: 2, err: fmt.Errorf("--prefix: give the one prefix the node is registered under, got %d", len(cfg.Prefixes))}
+// loadNode loads a node command's settings and checks its single --prefix
+// and the node id (named by what in errors: "--id", "NODE").
+func loadNode(cmd *cobra.Command, what, id string) (config.Config, string, error) {
+	cfg, err := load(cmd)
+	if err != nil {
+		return cfg, "", err
 	}
-	return cfg.Prefixes[0], nil
+	if len(cfg.Prefixes) != 1 {
+		return cfg, "", &exitError{code: 2, err: fmt.Errorf("--prefix: give the one prefix the node is registered under, got %d", len(cfg.Prefixes))}
+	}
+	if err := galera.CheckNodeID(id); err != nil {
+		return cfg, "", &exitError{code: 2, err: fmt.Errorf("%s: %w", what, err)}
+	}
+	return cfg, cfg.Prefixes[0], nil
 }
 
 // etcdFor connects to etcd for a one-shot command bounded by timeout.
@@ -68,16 +76,9 @@ command: it gives up after --timeout. With no registration it writes
 nothing and exits 0.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := load(cmd)
+			cfg, prefix, err := loadNode(cmd, "--id", id)
 			if err != nil {
 				return err
-			}
-			prefix, err := onePrefix(cfg)
-			if err != nil {
-				return err
-			}
-			if err := galera.CheckNodeID(id); err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("--id: %w", err)}
 			}
 			if err := args.Check(); err != nil {
 				return &exitError{code: 2, err: err}
@@ -156,16 +157,9 @@ outlives restarts of the node, its registrar and haconfd, until
 who drained it and why.`,
 		Args: oneNode,
 		RunE: func(cmd *cobra.Command, a []string) error {
-			cfg, err := load(cmd)
+			cfg, prefix, err := loadNode(cmd, "NODE", a[0])
 			if err != nil {
 				return err
-			}
-			prefix, err := onePrefix(cfg)
-			if err != nil {
-				return err
-			}
-			if err := galera.CheckNodeID(a[0]); err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("NODE: %w", err)}
 			}
 			if strings.TrimSpace(reason) == "" {
 				return &exitError{code: 2, err: errors.New("--reason: say why the node is drained (shown with the drain)")}
@@ -206,16 +200,9 @@ func newUndrain(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Undo haconfd drain: the node takes connections again when its health allows",
 		Args:  oneNode,
 		RunE: func(cmd *cobra.Command, a []string) error {
-			cfg, err := load(cmd)
+			cfg, prefix, err := loadNode(cmd, "NODE", a[0])
 			if err != nil {
 				return err
-			}
-			prefix, err := onePrefix(cfg)
-			if err != nil {
-				return err
-			}
-			if err := galera.CheckNodeID(a[0]); err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("NODE: %w", err)}
 			}
 			etcd, ctx, cancel, err := etcdFor(cmd, cfg, 10*time.Second, stderr)
 			if err != nil {
