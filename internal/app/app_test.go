@@ -827,6 +827,34 @@ func TestFailuresAndRetries(t *testing.T) {
 	}
 }
 
+// A structural change that failed is not tried again until something
+// structural changes: a server change meanwhile goes through the runtime
+// API and does not start the failed reload again.
+func TestFailedStructuralChangeNotRetriedOnServerChange(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306"}})
+	var mu sync.Mutex
+	calls := 0
+	r.hx.applyFn = func([]byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return fmt.Errorf("%w: x", haproxy.ErrInvalidConfig)
+	}
+	r.set("struct/a", "tune.bufsize 8192")
+	r.waitFor("rejected", func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 })
+	rev := r.set("srv/db2", "10.0.0.2:3306")
+	r.waitFor("db2 added through the runtime API", func() bool { return r.status().RuntimeApplied == rev })
+	for range 5 {
+		r.clock.Advance(50 * time.Millisecond) // past quiescence and RetryMax
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 1 {
+		t.Fatalf("the failed structural change was tried %d times after a server change", calls)
+	}
+}
+
 // --once applies the first snapshot and returns its result.
 func TestOnce(t *testing.T) {
 	hx := newFakeHAProxy()
