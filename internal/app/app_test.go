@@ -85,8 +85,8 @@ type fakeHAProxy struct {
 	refuse  func(line string) bool
 	// stateErr: show servers state fails (the runtime API does not answer).
 	stateErr error
-	applyFn func(cfg []byte) error                      // nil: success
-	writeFn func(ctx context.Context, cfg []byte) error // nil: success
+	applyFn  func(cfg []byte) error                      // nil: success
+	writeFn  func(ctx context.Context, cfg []byte) error // nil: success
 	// drains block until the test releases them (release), or ctx ends.
 	drainGate map[string]chan struct{}
 	drained   []string
