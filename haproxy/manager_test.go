@@ -97,6 +97,29 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// Write (the file after runtime API changes) validates too: a config
+// haproxy -c refuses never becomes the live file.
+func TestWriteValidates(t *testing.T) {
+	s := newSite(t, nil)
+	be := startBackend(t, "a")
+	good := s.config("", listenSpec{"db", freePort(t), []backend{be}})
+	if err := s.m.Write(t.Context(), good); err != nil {
+		t.Fatalf("Write(good) = %v", err)
+	}
+	bad := append(slices.Clone(good), "    nonsense here\n"...)
+	err := s.m.Write(t.Context(), bad)
+	var ice *InvalidConfigError
+	if !errors.As(err, &ice) || !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("Write(bad) = %v, want *InvalidConfigError", err)
+	}
+	if got := readFile(t, s.cfg); !bytes.Equal(got, good) {
+		t.Fatalf("live file after a refused write:\n%s", got)
+	}
+	if left := stageLeftovers(t, s.dir); len(left) > 0 {
+		t.Errorf("stage files left: %v", left)
+	}
+}
+
 // TestApplyLifecycle runs one HAProxy through start, no-op, reload, and the
 // failures that must leave it serving.
 func TestApplyLifecycle(t *testing.T) {
