@@ -287,6 +287,11 @@ func TestApplyLifecycle(t *testing.T) {
 		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{res.PID}) {
 			t.Errorf("PIDs after rollback = %v, want [%d]", pids, res.PID)
 		}
+		// The old process never stopped serving: it is told to stop only
+		// once the new one is verified, so it still serves, not a restart.
+		if res.PID != servingPID {
+			t.Errorf("pid %d serves after the rollback, want the old pid %d (it was stopped before the new one was verified)", res.PID, servingPID)
+		}
 		t.Logf("rolled back in %v: old pid %d, serving pid %d: %v", res.Duration, servingPID, res.PID, err)
 		servingPID = res.PID
 	})
