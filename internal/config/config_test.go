@@ -82,6 +82,7 @@ func TestBadSettings(t *testing.T) {
 		{"check port", []string{"--check-port", "x"}, nil, "--check-port"},
 		{"check port out of range", []string{"--check-port", "70000"}, nil, "--check-port"},
 		{"check port zero", []string{"--check-port", "0"}, nil, "--check-port"},
+		{"status ttl below a second", []string{"--status-ttl", "500ms"}, nil, "--status-ttl: must be at least 1s"},
 		{"supervise with reload-cmd", []string{"--supervise", "--reload-cmd", "true"}, nil, "--supervise: --supervise and --reload-cmd exclude each other"},
 		{"negative min servers", []string{"--min-servers", "-1"}, nil, "--min-servers"},
 		{"missing template", []string{"--template", "/nonexistent/t.tmpl"}, nil, "--template: /nonexistent/t.tmpl does not exist"},
