@@ -361,3 +361,19 @@ func TestLatestChangeSeesDeletesOnEtcd34(t *testing.T) {
 		}
 	}
 }
+
+// An instance whose last result is "held" is lagging even when its
+// applied revision is the latest: it holds a render on purpose (a guard,
+// a stopped wave), so the newest revision is not entirely live.
+func TestClassifyHeldIsNotConverged(t *testing.T) {
+	in := Instance{Report: Report{Instance: "lb1", AppliedRevision: 10, SeenRevision: 10, LastResult: ResultHeld, Held: "wave stopped: instance lb2 failed"}, Latest: 10}
+	classify(&in, time.Now())
+	if in.State != Lagging || !strings.Contains(in.Detail, "held: wave stopped") {
+		t.Fatalf("state %s, detail %q; want lagging, held", in.State, in.Detail)
+	}
+	in = Instance{Report: Report{Instance: "lb1", AppliedRevision: 10, SeenRevision: 10, LastResult: ResultOK}, Latest: 10}
+	classify(&in, time.Now())
+	if in.State != Converged {
+		t.Fatalf("state %s, want converged", in.State)
+	}
+}
