@@ -377,3 +377,43 @@ func TestClassifyHeldIsNotConverged(t *testing.T) {
 		t.Fatalf("state %s, want converged", in.State)
 	}
 }
+
+// An instance that waited for the reload slot while the holder failed
+// the same change refuses it once it gets the slot (the wave is checked
+// again after the wait).
+func TestFleetWaveCheckedAfterWaitingForSlot(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	pa, _ := startPublisher(t, newClient(t, srv), "a", 2*time.Second)
+	pb, _ := startPublisher(t, newClient(t, srv), "b", 2*time.Second)
+	sa, err := NewStagger(pa, StaggerOptions{Slots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := NewStagger(pb, StaggerOptions{Slots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	att := Attempt{Action: "reload", Change: "c1", ConfigSHA256: "s1", Coordinate: true}
+	relA, err := sa.Acquire(ctx, att)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		rel, err := sb.Acquire(ctx, att)
+		if rel != nil {
+			rel(true, nil)
+		}
+		got <- err
+	}()
+	poll(t, "b waiting for the slot", func() bool {
+		st, _, _ := getStatus(t, cli, pfx+"/b")
+		return st.Waiting != ""
+	})
+	relA(false, errors.New("haproxy failed to start: chroot"))
+	if err := <-got; !errors.Is(err, ErrWaveStopped) {
+		t.Fatalf("b's Acquire after waiting = %v, want wave stopped by a", err)
+	}
+}
