@@ -212,7 +212,9 @@ func TestRenderClusterNameTaken(t *testing.T) {
 	if names["galera"] > 1 {
 		t.Errorf("two services named galera: %+v", out.Services)
 	}
-	if !slices.ContainsFunc(out.Notes, func(n string) bool { return strings.Contains(n, `cluster "galera" under prefix /galera: its name "galera" is taken by another section`) }) {
+	if !slices.ContainsFunc(out.Notes, func(n string) bool {
+		return strings.Contains(n, `cluster "galera" under prefix /galera: its name "galera" is taken by another section`)
+	}) {
 		t.Fatalf("notes %v, want the taken name reported", out.Notes)
 	}
 }
