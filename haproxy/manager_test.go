@@ -97,6 +97,29 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// Write (the file after runtime API changes) validates too: a config
+// haproxy -c refuses never becomes the live file.
+func TestWriteValidates(t *testing.T) {
+	s := newSite(t, nil)
+	be := startBackend(t, "a")
+	good := s.config("", listenSpec{"db", freePort(t), []backend{be}})
+	if err := s.m.Write(t.Context(), good); err != nil {
+		t.Fatalf("Write(good) = %v", err)
+	}
+	bad := append(slices.Clone(good), "    nonsense here\n"...)
+	err := s.m.Write(t.Context(), bad)
+	var ice *InvalidConfigError
+	if !errors.As(err, &ice) || !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("Write(bad) = %v, want *InvalidConfigError", err)
+	}
+	if got := readFile(t, s.cfg); !bytes.Equal(got, good) {
+		t.Fatalf("live file after a refused write:\n%s", got)
+	}
+	if left := stageLeftovers(t, s.dir); len(left) > 0 {
+		t.Errorf("stage files left: %v", left)
+	}
+}
+
 // TestApplyLifecycle runs one HAProxy through start, no-op, reload, and the
 // failures that must leave it serving.
 func TestApplyLifecycle(t *testing.T) {
@@ -263,6 +286,11 @@ func TestApplyLifecycle(t *testing.T) {
 		}
 		if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{res.PID}) {
 			t.Errorf("PIDs after rollback = %v, want [%d]", pids, res.PID)
+		}
+		// The old process never stopped serving: it is told to stop only
+		// once the new one is verified, so it still serves, not a restart.
+		if res.PID != servingPID {
+			t.Errorf("pid %d serves after the rollback, want the old pid %d (it was stopped before the new one was verified)", res.PID, servingPID)
 		}
 		t.Logf("rolled back in %v: old pid %d, serving pid %d: %v", res.Duration, servingPID, res.PID, err)
 		servingPID = res.PID

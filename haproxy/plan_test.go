@@ -144,6 +144,11 @@ func TestPlanChange(t *testing.T) {
 			reasons: []string{`server "slot3" added to listen st: balance static-rr refuses dynamic servers`},
 		},
 		{
+			name: "static-rr server removed",
+			prev: planBase + slots, next: planBase + strings.Replace(slots, "    server slot2 127.0.0.1:1 check disabled\n", "", 1),
+			reasons: []string{`server "slot2" removed from listen st: balance static-rr refuses dynamic servers`},
+		},
+		{
 			name: "map-based source hash",
 			prev: edit("balance leastconn", "balance source"), next: edit("balance leastconn", "balance source") + "    server n3 10.0.0.3:3306\n",
 			reasons: []string{"balance source (map-based hash) refuses dynamic servers"},

@@ -316,6 +316,15 @@ func TestRuntimeRemoveDrains(t *testing.T) {
 	if waited != haproxyVersion.Caps().WaitRemovable {
 		t.Fatalf("HAProxy %s: wait srv-removable sent = %v, want %v; sent:\n%s", haproxyVersion, waited, !waited, strings.Join(fr.sent, "\n"))
 	}
+	// --drain-timeout: the sessions left are shut down when it ends,
+	// before the removal is attempted (not by the removal's own retries).
+	shut := slices.IndexFunc(fr.sent, func(l string) bool { return l == "shutdown sessions server db/h" })
+	removal := slices.IndexFunc(fr.sent, func(l string) bool {
+		return strings.HasPrefix(l, "del server db/h") || strings.Contains(l, "srv-removable db/h")
+	})
+	if shut < 0 || removal < 0 || shut > removal {
+		t.Fatalf("shutdown sessions at %d, removal at %d: want the drain timeout's shutdown first; sent:\n%s", shut, removal, strings.Join(fr.sent, "\n"))
+	}
 	if pids := s.m.Process(t.Context()).PIDs; !slices.Equal(pids, []int{pid}) {
 		t.Fatalf("pids %v, want [%d]", pids, pid)
 	}

@@ -187,3 +187,34 @@ func sortedKV(m map[string]string) []render.KVPair {
 	slices.SortFunc(out, func(a, b render.KVPair) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
+
+// A cluster whose section name another section already has (here the
+// prefix's own "galera") is reported and not served: two sections never
+// share a name.
+func TestRenderClusterNameTaken(t *testing.T) {
+	kvs := map[string]string{
+		"/galera/galera/10.0.0.1/wsrep_local_state_comment": "Synced",
+		"/galera/c/10.0.0.2/wsrep_local_state_comment":      "Synced",
+	}
+	r, err := render.New(render.Options{Templates: defaultTemplates(t), Prefixes: []string{"/galera"}, Vars: defaultVars(),
+		ClusterBinds: map[string]string{"c": "127.0.0.1:4000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.Render(render.Input{KVs: kvs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]int{}
+	for _, s := range out.Services {
+		names[s.Name]++
+	}
+	if names["galera"] > 1 {
+		t.Errorf("two services named galera: %+v", out.Services)
+	}
+	if !slices.ContainsFunc(out.Notes, func(n string) bool {
+		return strings.Contains(n, `cluster "galera" under prefix /galera: its name "galera" is taken by another section`)
+	}) {
+		t.Fatalf("notes %v, want the taken name reported", out.Notes)
+	}
+}

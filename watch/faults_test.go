@@ -320,3 +320,51 @@ func firstLine(s, substr string) string {
 	}
 	return ""
 }
+
+// A member that lost its leader (its peers are gone) ends the watch on it
+// (WithRequireLeader), even though it still answers and its connection
+// stays up: the probe is slowed down here so that only etcd's "no
+// leader" can end it.
+func TestWatchEndsWhenMemberLosesLeader(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	ctx := ctxT(t)
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := (leader + 1) % 3
+	cli := newClient(t, []string{c.Endpoints()[follower]})
+	var rec statusRecorder
+	var logs syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	e := newEtcd(t, cli, Options{
+		Prefixes:   []string{"/p"},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 200 * time.Millisecond,
+		Logger:     testLogger(&logs),
+		OnStatus:   rec.record,
+	})
+	e.probeInterval = time.Hour
+	col := runCollected(t, e)
+	rec.waitFor(t, true)
+	put(t, newClient(t, c.Endpoints()), "/p/n1", "a")
+	col.waitRev(t, 2)
+
+	for i := range c.Endpoints() {
+		if i != follower {
+			c.Stop(i)
+		}
+	}
+	st := rec.waitFor(t, false)
+	if st.Err == nil || !strings.Contains(st.Err.Error(), "leader") {
+		t.Fatalf("status = %+v, want the watch ended for want of a leader", st)
+	}
+	t.Logf("watch on m%d ended: %v", follower, st.Err)
+	if err := c.RestartStopped(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

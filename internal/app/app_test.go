@@ -83,8 +83,10 @@ type fakeHAProxy struct {
 	writes  [][]byte
 	applies [][]byte
 	refuse  func(line string) bool
-	applyFn func(cfg []byte) error                      // nil: success
-	writeFn func(ctx context.Context, cfg []byte) error // nil: success
+	// stateErr: show servers state fails (the runtime API does not answer).
+	stateErr error
+	applyFn  func(cfg []byte) error                      // nil: success
+	writeFn  func(ctx context.Context, cfg []byte) error // nil: success
 	// drains block until the test releases them (release), or ctx ends.
 	drainGate map[string]chan struct{}
 	drained   []string
@@ -99,6 +101,9 @@ func newFakeHAProxy() *fakeHAProxy {
 func (f *fakeHAProxy) ServersState() (haproxy.LiveState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.stateErr != nil {
+		return nil, f.stateErr
+	}
 	return f.state.Clone(), nil
 }
 
@@ -824,6 +829,75 @@ func TestFailuresAndRetries(t *testing.T) {
 	defer mu.Unlock()
 	if calls != 1 {
 		t.Fatalf("a rejected config was tried %d times", calls)
+	}
+}
+
+// A render whose file haproxy -c refuses never stays live: the servers
+// the runtime API already changed for it are changed back to the live
+// file's (an added server is removed again).
+func TestRejectedWriteUndoesRuntimeChanges(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306"}})
+	r.hx.mu.Lock()
+	r.hx.writeFn = func(_ context.Context, cfg []byte) error {
+		if strings.Contains(string(cfg), "db2") {
+			return fmt.Errorf("%w: line 9: db2 refused by the test", haproxy.ErrInvalidConfig)
+		}
+		return nil
+	}
+	r.hx.mu.Unlock()
+	r.set("srv/db2", "10.0.0.2:3306")
+	r.waitFor("db2 added through the runtime API", func() bool { return r.sentLine("add server galera/db2") })
+	r.waitFor("db2 taken out again after haproxy -c refused the file", func() bool { return r.sentLine("set server galera/db2 state drain") })
+	if s := r.status(); !strings.Contains(s.LastError, "db2 refused by the test") {
+		t.Fatalf("last error %q, want haproxy -c's", s.LastError)
+	}
+}
+
+// A runtime API that does not answer (three failed reads of the live
+// state) sends server changes through a reload.
+func TestUnansweringRuntimeAPIReloads(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306"}})
+	r.hx.mu.Lock()
+	r.hx.stateErr = errors.New("connection refused by the test")
+	r.hx.mu.Unlock()
+	r.clock.Advance(time.Hour) // the next resync fails
+	r.set("srv/db2", "10.0.0.2:3306")
+	r.waitFor("db2 live through a reload", func() bool {
+		r.clock.Advance(100 * time.Millisecond)
+		r.hx.mu.Lock()
+		defer r.hx.mu.Unlock()
+		return slices.ContainsFunc(r.hx.applies, func(cfg []byte) bool { return strings.Contains(string(cfg), "server db2 ") })
+	})
+	if r.sentLine("add server galera/db2") {
+		t.Fatal("add server sent although the runtime API does not answer")
+	}
+}
+
+// A structural change that failed is not tried again until something
+// structural changes: a server change meanwhile goes through the runtime
+// API and does not start the failed reload again.
+func TestFailedStructuralChangeNotRetriedOnServerChange(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306"}})
+	var mu sync.Mutex
+	calls := 0
+	r.hx.applyFn = func([]byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return fmt.Errorf("%w: x", haproxy.ErrInvalidConfig)
+	}
+	r.set("struct/a", "tune.bufsize 8192")
+	r.waitFor("rejected", func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 })
+	rev := r.set("srv/db2", "10.0.0.2:3306")
+	r.waitFor("db2 added through the runtime API", func() bool { return r.status().RuntimeApplied == rev })
+	for range 5 {
+		r.clock.Advance(50 * time.Millisecond) // past quiescence and RetryMax
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 1 {
+		t.Fatalf("the failed structural change was tried %d times after a server change", calls)
 	}
 }
 

@@ -796,6 +796,12 @@ func (t *HAProxyTarget) setPending(action string, reasons []string, waiting stri
 		if s.Pending != nil && waiting == "" {
 			p.Waiting = s.Pending.Waiting
 		}
+		// A step of the same job (fleet reload slot, reloading, retry)
+		// keeps its reasons: reloadDone records them in t.failed, so
+		// that the same structural change is not tried again.
+		if s.Pending != nil && reasons == nil && s.Pending.Action == action {
+			p.Reasons = s.Pending.Reasons
+		}
 		s.Pending = p
 	})
 }

@@ -80,6 +80,10 @@ func TestBadSettings(t *testing.T) {
 		{"bind without port", []string{"--bind", "127.0.0.1"}, nil, "--bind"},
 		{"bind port out of range", []string{"--bind", ":70000"}, nil, "--bind"},
 		{"check port", []string{"--check-port", "x"}, nil, "--check-port"},
+		{"check port out of range", []string{"--check-port", "70000"}, nil, "--check-port"},
+		{"check port zero", []string{"--check-port", "0"}, nil, "--check-port"},
+		{"status ttl below a second", []string{"--status-ttl", "500ms"}, nil, "--status-ttl: must be at least 1s"},
+		{"supervise with reload-cmd", []string{"--supervise", "--reload-cmd", "true"}, nil, "--supervise: --supervise and --reload-cmd exclude each other"},
 		{"negative min servers", []string{"--min-servers", "-1"}, nil, "--min-servers"},
 		{"missing template", []string{"--template", "/nonexistent/t.tmpl"}, nil, "--template: /nonexistent/t.tmpl does not exist"},
 		{"missing base", []string{"--base", "/nonexistent/b.cfg"}, nil, "--base"},
@@ -153,6 +157,7 @@ func TestParseWait(t *testing.T) {
 		{"0:1s", 0, time.Second, false},
 		{"1s:100ms", 0, 0, true},
 		{"-1s", 0, 0, true},
+		{"-1s:1s", 0, 0, true},
 		{"", 0, 0, true},
 		{"1s:", 0, 0, true},
 	}

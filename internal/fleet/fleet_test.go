@@ -361,3 +361,59 @@ func TestLatestChangeSeesDeletesOnEtcd34(t *testing.T) {
 		}
 	}
 }
+
+// An instance whose last result is "held" is lagging even when its
+// applied revision is the latest: it holds a render on purpose (a guard,
+// a stopped wave), so the newest revision is not entirely live.
+func TestClassifyHeldIsNotConverged(t *testing.T) {
+	in := Instance{Report: Report{Instance: "lb1", AppliedRevision: 10, SeenRevision: 10, LastResult: ResultHeld, Held: "wave stopped: instance lb2 failed"}, Latest: 10}
+	classify(&in, time.Now())
+	if in.State != Lagging || !strings.Contains(in.Detail, "held: wave stopped") {
+		t.Fatalf("state %s, detail %q; want lagging, held", in.State, in.Detail)
+	}
+	in = Instance{Report: Report{Instance: "lb1", AppliedRevision: 10, SeenRevision: 10, LastResult: ResultOK}, Latest: 10}
+	classify(&in, time.Now())
+	if in.State != Converged {
+		t.Fatalf("state %s, want converged", in.State)
+	}
+}
+
+// An instance that waited for the reload slot while the holder failed
+// the same change refuses it once it gets the slot (the wave is checked
+// again after the wait).
+func TestFleetWaveCheckedAfterWaitingForSlot(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := newClient(t, srv)
+	pa, _ := startPublisher(t, newClient(t, srv), "a", 2*time.Second)
+	pb, _ := startPublisher(t, newClient(t, srv), "b", 2*time.Second)
+	sa, err := NewStagger(pa, StaggerOptions{Slots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := NewStagger(pb, StaggerOptions{Slots: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	att := Attempt{Action: "reload", Change: "c1", ConfigSHA256: "s1", Coordinate: true}
+	relA, err := sa.Acquire(ctx, att)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		rel, err := sb.Acquire(ctx, att)
+		if rel != nil {
+			rel(true, nil)
+		}
+		got <- err
+	}()
+	poll(t, "b waiting for the slot", func() bool {
+		st, _, _ := getStatus(t, cli, pfx+"/b")
+		return st.Waiting != ""
+	})
+	relA(false, errors.New("haproxy failed to start: chroot"))
+	if err := <-got; !errors.Is(err, ErrWaveStopped) {
+		t.Fatalf("b's Acquire after waiting = %v, want wave stopped by a", err)
+	}
+}

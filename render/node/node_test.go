@@ -218,6 +218,11 @@ func TestNodeNames(t *testing.T) {
 		{"sanitised next to its twin", []string{"db@1", "db_1"}, map[string]string{"db@1": "db_1-" + hash8("db@1"), "db_1": "db_1"}, 0},
 		{"crafted collision: plain id hashed too", []string{"db@1", crafted},
 			map[string]string{"db@1": "db_1-" + hash8("db@1"), crafted: crafted + "-" + hash8(crafted)}, 0},
+		// A second crafted id equal to the first one's hashed name: its name
+		// still collides, so it is dropped with a Problem (never two servers
+		// of one name: HAProxy 3.3 refuses duplicates).
+		{"crafted chain: the colliding node is dropped", []string{"db@1", crafted, crafted + "-" + hash8(crafted)},
+			map[string]string{"db@1": "db_1-" + hash8("db@1"), crafted: crafted + "-" + hash8(crafted)}, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -292,3 +292,28 @@ func TestDecideWriterLastResort(t *testing.T) {
 		t.Fatalf("writers %v; a in %v last resort %v; b in %v", m.Writers, nodes[0].InRotation, nodes[0].LastResort, nodes[1].InRotation)
 	}
 }
+
+// The graceful maintenances (an operator's drain, pxc_maint_mode,
+// wsrep_reject_queries) leave a writer's sessions to finish; a node out
+// for its health does not.
+func TestGracefulOut(t *testing.T) {
+	cases := []struct {
+		name string
+		n    node.Node
+		want bool
+	}{
+		{"in rotation", gn("a", 0), false},
+		{"operator drain", gn("a", 0, with(func(n *node.Node) { n.Drain = &node.AdminDrain{By: "ops"} })), true},
+		{"pxc_maint_mode MAINTENANCE", gn("a", 0, with(func(n *node.Node) { n.MaintMode = "MAINTENANCE" })), true},
+		{"pxc_maint_mode SHUTDOWN", gn("a", 0, with(func(n *node.Node) { n.MaintMode = "SHUTDOWN" })), true},
+		{"pxc_maint_mode DISABLED", gn("a", 0, with(func(n *node.Node) { n.MaintMode = node.MaintDisabled })), false},
+		{"wsrep_reject_queries ALL", gn("a", 0, with(func(n *node.Node) { n.RejectQueries = "ALL" })), true},
+		{"wsrep_reject_queries NONE", gn("a", 0, with(func(n *node.Node) { n.RejectQueries = node.RejectNone })), false},
+		{"not Synced", gn("a", 0, state("Joined")), false},
+	}
+	for _, tc := range cases {
+		if got := tc.n.GracefulOut(); got != tc.want {
+			t.Errorf("%s: GracefulOut = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
