@@ -370,6 +370,7 @@ type rigOpts struct {
 	slot   ReloadSlot
 	live   map[string]string // servers of a HAProxy already running (nil: none)
 	mode   string
+	resync time.Duration // LoopOptions.Resync (a real ticker; 0: never)
 }
 
 func newRig(t *testing.T, o rigOpts) *rig {
@@ -390,7 +391,7 @@ func newRig(t *testing.T, o rigOpts) *rig {
 		Mode: o.mode, Guards: o.guards, Board: r.board, Bus: r.bus,
 		RetryMin: 20 * time.Millisecond, RetryMax: 40 * time.Millisecond,
 	})
-	loop := NewLoop(r.src, r.tgt, LoopOptions{WaitMin: o.wait, WaitMax: 4 * o.wait, Clock: r.clock,
+	loop := NewLoop(r.src, r.tgt, LoopOptions{WaitMin: o.wait, WaitMax: 4 * o.wait, Clock: r.clock, Resync: o.resync,
 		OnSnapshot: func(s watch.Snapshot) { recordSnapshot(r.board, r.bus, nil, s) }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -870,6 +871,46 @@ func TestUnansweringRuntimeAPIReloads(t *testing.T) {
 	})
 	if r.sentLine("add server galera/db2") {
 		t.Fatal("add server sent although the runtime API does not answer")
+	}
+}
+
+// A socket that stays dead while reloads succeed does not make haconfd
+// reload the same config at every failed resync (it did: ~50,000 reloads
+// in 10 s with no wait): a render equal to the live file needs no reload.
+func TestUnansweringRuntimeAPIDoesNotReloadUnchanged(t *testing.T) {
+	r := newRig(t, rigOpts{live: map[string]string{"db1": "10.0.0.1:3306"}, resync: 5 * time.Millisecond})
+	rev := r.set("srv/db1", "10.0.0.1:3306")
+	r.waitFor("adopted", func() bool { return r.status().Applied == rev })
+	r.hx.mu.Lock()
+	r.hx.stateErr = errors.New("connection refused by the test")
+	before := len(r.hx.applies)
+	r.hx.mu.Unlock()
+	for range 100 { // 100 resyncs at least, each failing
+		r.clock.Advance(10 * time.Second) // past every retry backoff
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.hx.mu.Lock()
+	n := len(r.hx.applies) - before
+	r.hx.mu.Unlock()
+	if n > 0 {
+		t.Fatalf("%d reloads of an unchanged config while the runtime API does not answer", n)
+	}
+	// Once the socket answers again, server changes take the runtime API
+	// again (no reload left over from the outage).
+	r.hx.mu.Lock()
+	r.hx.stateErr = nil
+	r.hx.mu.Unlock()
+	was := r.status().Resynced
+	r.waitFor("a resync that reads the live state", func() bool { return r.status().Resynced.After(was) })
+	r.set("srv/db2", "10.0.0.2:3306")
+	r.waitFor("db2 added through the runtime API", func() bool {
+		r.clock.Advance(100 * time.Millisecond)
+		return r.sentLine("add server galera/db2")
+	})
+	r.hx.mu.Lock()
+	defer r.hx.mu.Unlock()
+	if n := len(r.hx.applies) - before; n > 0 {
+		t.Fatalf("%d reloads after the runtime API answered again", n)
 	}
 }
 

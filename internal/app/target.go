@@ -125,7 +125,12 @@ type HAProxyTarget struct {
 	refused   map[string]bool
 	// forceReload: the runtime API refused a change, or does not answer,
 	// or a predecessor left HAProxy half reloaded: reload desired.
-	forceReload   bool
+	forceReload bool
+	// apiDown: forceReload only because the live state cannot be read. A
+	// reload then carries server changes, but a render equal to the live
+	// file needs none: reloading it would change nothing, and would repeat
+	// at every failed resync for as long as the socket stays dead.
+	apiDown       bool
 	rejected      []byte // a server-only desired that haproxy -c refused
 	failed        *failure
 	startHeld     string
@@ -595,14 +600,19 @@ func (t *HAProxyTarget) resync() {
 			t.log.Warn("cannot read HAProxy's live state", "err", err, "failures", t.resyncFails)
 		}
 		if t.resyncFails >= 3 && !t.forceReload {
-			t.log.Warn("runtime API does not answer; server changes go through a reload until it does")
-			t.forceReload = true
+			if !t.apiDown {
+				t.log.Warn("runtime API does not answer; server changes go through a reload until it does")
+			}
+			t.forceReload, t.apiDown = true, true
 			t.reconcile()
 		}
 		t.scheduleResync(min(t.opts.ResyncRetry<<min(t.resyncFails, 8), 5*time.Second))
 		return
 	}
 	t.resyncFails = 0
+	if t.apiDown { // the socket answers again: server changes take it again
+		t.apiDown, t.forceReload = false, false
+	}
 	if t.beliefOK {
 		var drifts []haproxy.Drift
 		for _, d := range haproxy.DiffLive(t.belief, st) {
@@ -658,7 +668,7 @@ func (t *HAProxyTarget) planSlow(pending []string) {
 		t.want("start", []string{"no running HAProxy"})
 	case t.rejected != nil && bytes.Equal(desired, t.rejected):
 		t.cancelJob() // refused by haproxy -c: nothing to do until the render changes
-	case bytes.Equal(desired, t.live) && !t.forceReload && len(pending) == 0:
+	case bytes.Equal(desired, t.live) && (!t.forceReload || t.apiDown) && len(pending) == 0:
 		t.cancelJob()
 		if t.fastClean {
 			t.markConverged()
