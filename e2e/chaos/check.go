@@ -31,6 +31,8 @@ type result struct {
 	causes       map[string]int // failed connections by cause
 	converge     []time.Duration
 	worstDrain   time.Duration // the latest new connection to a node out of rotation (allowed ones)
+	lateEtcd     int           // late connections to nodes that left during an etcd member fault
+	worstEtcd    time.Duration
 	took         time.Duration
 	storm        int // the storm being checked (-1: none)
 }
@@ -179,8 +181,11 @@ func (m *monitors) procLoop(ctx context.Context) {
 		for k, n := range counts {
 			m.maxProc[k] = max(m.maxProc[k], n)
 			bound := 4 // a process per reload still finishing its connections
-			if strings.HasSuffix(k, "haconfd") {
+			switch {
+			case strings.HasSuffix(k, "haconfd"):
 				bound = 1
+			case k == "register":
+				bound = nBackends
 			}
 			if n > bound {
 				m.over[k]++

@@ -203,7 +203,8 @@ type window struct {
 	member  int // etcd faults: the member it hit
 	began   time.Time
 	healed  time.Time
-	healRev int64 // the model's revision at the heal
+	healRev int64     // the model's revision at the heal
+	dead    time.Time // kills: when the killed processes were gone
 	err     string
 }
 
@@ -289,6 +290,7 @@ func (e *env) breakIt(ctx context.Context, w *window) error {
 			return err
 		}
 		<-l.haconfd.done
+		w.dead = time.Now()
 		return nil
 	case haproxyKill:
 		pids := e.workerPIDs(e.lbs[x.target])
@@ -298,6 +300,9 @@ func (e *env) breakIt(ctx context.Context, w *window) error {
 		for _, pid := range pids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
+		// Connections dialed until they are gone still succeed.
+		_ = waitFor(ctx, 5*time.Second, func() bool { return !anyAlive(pids) })
+		w.dead = time.Now()
 		return nil
 	case leaseExpire, nodeRemove:
 		r := e.regs[x.target]
@@ -408,4 +413,15 @@ func (e *env) haconfdCmd(args ...string) error {
 		time.Sleep(300 * time.Millisecond)
 	}
 	return fmt.Errorf("haconfd %s: %w: %s", args[0], err, firstLine(string(out)))
+}
+
+// anyAlive says whether one of pids still runs (a zombie does not).
+func anyAlive(pids []int) bool {
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err == nil && !strings.Contains(string(b), ") Z ") {
+			return true
+		}
+	}
+	return false
 }

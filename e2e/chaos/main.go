@@ -54,10 +54,15 @@ import (
 )
 
 const (
-	prefix     = "/components/galera"
-	chaosKeys  = "/chaos"
-	nBackends  = 8
-	lateBound  = 100 * time.Millisecond
+	prefix    = "/components/galera"
+	chaosKeys = "/chaos"
+	nBackends = 8
+	lateBound = 100 * time.Millisecond
+	// etcdGrace bounds how late a node that left while an etcd member was
+	// paused or killed may still get connections on an instance whose
+	// watch was on that member: the stalled stream is noticed within ~1 s,
+	// a read that goes to the paused member waits its 5 s timeout.
+	etcdGrace  = 7 * time.Second
 	endTrailer = "# chaos: end of config\n"
 )
 
@@ -149,6 +154,7 @@ func runOnce(ctx context.Context, f flags, sched plan) *result {
 	}
 	if err != nil {
 		e.res.violations = append(e.res.violations, "setup or run: "+err.Error())
+		fmt.Printf("chaos: %v\n", err)
 	}
 	e.res.took = time.Since(e.began)
 	keep := f.keep || !e.res.ok()

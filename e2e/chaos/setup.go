@@ -106,7 +106,7 @@ func (e *env) prepare(ctx context.Context) error {
 	}
 	// A copy in the work directory: every process of the run names it.
 	e.haconfd = filepath.Join(e.dir, "haconfd")
-	if err := copyFile(e.haconfd, e.haconfd, 0o755); err != nil {
+	if err := copyFile(e.f.haconfd, e.haconfd, 0o755); err != nil {
 		return err
 	}
 	subnet, err := pickNet()

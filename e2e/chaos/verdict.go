@@ -77,6 +77,13 @@ func (e *env) checkConns(storm int) {
 				}
 			}
 			d := c.start.Sub(ref)
+			if skip == "" && d > lateBound && d <= etcdGrace && e.etcdFaultAt(sp.from) {
+				e.res.mu.Lock()
+				e.res.lateEtcd++
+				e.res.worstEtcd = max(e.res.worstEtcd, d)
+				e.res.mu.Unlock()
+				continue
+			}
 			switch {
 			case skip != "":
 				excused++
@@ -96,6 +103,21 @@ func (e *env) checkConns(storm int) {
 		fmt.Sprintf("%d late (%d more on a load balancer cut off or without haconfd, not counted)%s", late, excused, examples(lateEx)))
 	e.res.check(name+": every failed connection explained by a fault on its path", unexplained == 0,
 		fmt.Sprintf("%d failed, %d unexplained%s", failed, unexplained, examples(failEx)))
+}
+
+// etcdFaultAt says whether an etcd member was paused or killed at t: an
+// instance whose watch was on it learns of changes only once it noticed
+// (a stalled watch stream: ~1 s; a read that went to it: its timeout).
+func (e *env) etcdFaultAt(t time.Time) bool {
+	e.res.mu.Lock()
+	defer e.res.mu.Unlock()
+	for _, w := range e.res.windows {
+		if (w.kind == etcdPause || w.kind == etcdKill) && !w.began.IsZero() && !t.Before(w.began) &&
+			(w.healed.IsZero() || !t.After(w.healed)) {
+			return true
+		}
+	}
+	return false
 }
 
 func examples(ex []string) string {
@@ -119,7 +141,7 @@ func (e *env) explain(i int, c conn) (string, bool) {
 		if c.end.Before(w.began) {
 			continue
 		}
-		back := e.firstOK(i, w.began)
+		back := e.firstOK(i, later(w.began, w.dead))
 		if back.IsZero() || !c.start.After(back) {
 			return fmt.Sprintf("%s %s", w.kind, e.lbs[i].name), true
 		}
@@ -243,6 +265,8 @@ func (e *env) report() {
 	}
 	fmt.Printf("convergence after each storm: %s (worst %s)\n", strings.Join(cs, " "), worst.Round(time.Millisecond))
 	fmt.Printf("latest allowed new connection to a node out of rotation: %s after it left\n", r.worstDrain.Round(time.Millisecond))
+	fmt.Printf("new connections to a node that left while an etcd member was paused or killed, later than %s (not counted up to %s): %d, latest %s\n",
+		lateBound, etcdGrace, r.lateEtcd, r.worstEtcd.Round(time.Millisecond))
 	e.mon.mu.Lock()
 	fmt.Printf("config versions checked: %v; most processes at once: %v\n", e.mon.configs, e.mon.maxProc)
 	e.mon.mu.Unlock()
@@ -250,4 +274,11 @@ func (e *env) report() {
 	for _, v := range r.violations {
 		fmt.Println("  " + v)
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
