@@ -243,7 +243,7 @@ func (p process) mentions(s string) bool {
 func (e *env) haproxyPIDs(l *lb) []int {
 	var out []int
 	for _, p := range e.processes() {
-		if p.is(filepath.Base(e.haproxy)) && p.mentions(l.dir+"/") {
+		if e.isHAProxyOf(p, l) {
 			out = append(out, p.pid)
 		}
 	}
@@ -256,7 +256,7 @@ func (e *env) workerPIDs(l *lb) []int {
 	procs := e.processes()
 	mine := map[int]bool{}
 	for _, p := range procs {
-		if p.is(filepath.Base(e.haproxy)) && p.mentions(l.dir+"/") {
+		if e.isHAProxyOf(p, l) {
 			mine[p.pid] = true
 		}
 	}
@@ -274,7 +274,7 @@ func (e *env) processCounts() map[string]int {
 	for _, p := range e.processes() {
 		for _, l := range e.lbs {
 			switch {
-			case p.is(filepath.Base(e.haproxy)) && p.mentions(l.dir+"/"):
+			case e.isHAProxyOf(p, l):
 				out[l.name+" haproxy"]++
 			case p.is("haconfd") && p.mentions(l.yaml):
 				out[l.name+" haconfd"]++
@@ -338,6 +338,7 @@ func (e *env) checkBaseline() {
 	n, failed := e.load.total()
 	e.res.check("baseline (3s, no fault)", failed == 0 && n > 0, fmt.Sprintf("%d connections, %d failed", n, failed))
 	e.evaluated = make([]int, len(e.lbs))
+	e.dumped = map[string]bool{}
 	for i := range e.lbs {
 		_, e.evaluated[i] = e.load.since(i, 0)
 	}
@@ -387,4 +388,10 @@ func (e *env) afterStorm(ctx context.Context, storm int) {
 	}
 	_ = sleep(ctx, time.Until(from.Add(e.f.quiet)))
 	e.checkConns(storm)
+}
+
+// isHAProxyOf: p is one of l's HAProxy processes (not a haproxy -c of the
+// checker).
+func (e *env) isHAProxyOf(p process, l *lb) bool {
+	return p.is(filepath.Base(e.haproxy)) && p.mentions(l.dir+"/") && !slices.Contains(p.argv, "-c")
 }

@@ -62,8 +62,12 @@ const (
 	// paused or killed may still get connections on an instance whose
 	// watch was on that member: the stalled stream is noticed within ~1 s,
 	// a read that goes to the paused member waits its 5 s timeout.
-	etcdGrace  = 7 * time.Second
-	endTrailer = "# chaos: end of config\n"
+	etcdGrace = 7 * time.Second
+	// restartSettle: a HAProxy that starts refuses a few of the first
+	// connections it gets (measured: for ~15 ms); back means no failure
+	// for this long.
+	restartSettle = 200 * time.Millisecond
+	endTrailer    = "# chaos: end of config\n"
 )
 
 type flags struct {
@@ -248,6 +252,7 @@ type env struct {
 	procs     []*proc
 	mon       *monitors
 	evaluated []int // per load balancer: connections checked so far
+	dumped    map[string]bool
 }
 
 func logf(format string, a ...any) {

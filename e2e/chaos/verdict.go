@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -55,6 +57,7 @@ func (e *env) checkConns(storm int) {
 				cause, ok := e.explain(i, c)
 				if !ok {
 					unexplained++
+					e.dumpAround(i, c.start)
 					if len(failEx) < 5 {
 						failEx = append(failEx, fmt.Sprintf("%s %s at %s (%s)", l.name, c.err, c.start.Format("15:04:05.000"), e.activeAt(c.start)))
 					}
@@ -149,16 +152,29 @@ func (e *env) explain(i int, c conn) (string, bool) {
 	return "unexplained " + c.err, false
 }
 
-// firstOK is when the first connection through lb i dialed after t
-// succeeded (zero: none yet).
+// firstOK is when lb i was back after t: the first connection dialed
+// after t that succeeded and after which none failed for restartSettle
+// (a HAProxy starting refuses a few connections among the first it
+// serves). Zero: not yet.
 func (e *env) firstOK(i int, t time.Time) time.Time {
 	e.load.mu.Lock()
-	defer e.load.mu.Unlock()
-	cs := e.load.conns[i]
-	k := sort.Search(len(cs), func(k int) bool { return !cs[k].start.Before(t) })
-	for ; k < len(cs); k++ {
-		if cs[k].backend >= 0 && cs[k].start.After(t) {
-			return cs[k].start
+	var oks, fails []time.Time
+	for _, c := range e.load.conns[i] {
+		switch {
+		case !c.start.After(t):
+		case c.backend >= 0:
+			oks = append(oks, c.start)
+		default:
+			fails = append(fails, c.start)
+		}
+	}
+	e.load.mu.Unlock()
+	slices.SortFunc(oks, time.Time.Compare)
+	slices.SortFunc(fails, time.Time.Compare)
+	for _, s := range oks {
+		k := sort.Search(len(fails), func(k int) bool { return !fails[k].Before(s) })
+		if k == len(fails) || fails[k].After(s.Add(restartSettle)) {
+			return s
 		}
 	}
 	return time.Time{}
@@ -281,4 +297,33 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// dumpAround writes lb i's connections within a second of t to
+// conns-<lb>.log in the work directory (once per second of t), for the
+// analysis of an unexplained failure.
+func (e *env) dumpAround(i int, t time.Time) {
+	key := fmt.Sprintf("%d@%d", i, t.Unix())
+	if e.dumped[key] {
+		return
+	}
+	e.dumped[key] = true
+	e.load.mu.Lock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "== around %s\n", t.Format("15:04:05.000"))
+	for _, c := range e.load.conns[i] {
+		if c.start.After(t.Add(-time.Second)) && c.start.Before(t.Add(time.Second)) {
+			what := c.err
+			if c.backend >= 0 {
+				what = e.backends[c.backend].id
+			}
+			fmt.Fprintf(&b, "%s %s %s\n", c.start.Format("15:04:05.000000"), c.end.Format("15:04:05.000000"), what)
+		}
+	}
+	e.load.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(e.dir, "conns-"+e.lbs[i].name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err == nil {
+		_, _ = f.WriteString(b.String())
+		f.Close()
+	}
 }
