@@ -67,7 +67,10 @@ const (
 	// connections it gets (measured: for ~15 ms); back means no failure
 	// for this long.
 	restartSettle = 200 * time.Millisecond
-	endTrailer    = "# chaos: end of config\n"
+	// reloadSlot: what one instance's turn of a staggered reload wave may
+	// take (lock, validate, reload, verify, settle, publish).
+	reloadSlot = time.Second
+	endTrailer = "# chaos: end of config\n"
 )
 
 type flags struct {

@@ -279,7 +279,13 @@ func (e *env) report() {
 		worst = max(worst, d)
 		cs = append(cs, d.Round(time.Millisecond).String())
 	}
-	fmt.Printf("convergence after each storm: %s (worst %s)\n", strings.Join(cs, " "), worst.Round(time.Millisecond))
+	fmt.Printf("haconfd status converged after each storm: %s (worst %s)\n", strings.Join(cs, " "), worst.Round(time.Millisecond))
+	worst, cs = 0, nil
+	for _, d := range r.serversConverge {
+		worst = max(worst, d)
+		cs = append(cs, d.Round(time.Millisecond).String())
+	}
+	fmt.Printf("servers right everywhere after each storm: %s (worst %s)\n", strings.Join(cs, " "), worst.Round(time.Millisecond))
 	fmt.Printf("latest allowed new connection to a node out of rotation: %s after it left\n", r.worstDrain.Round(time.Millisecond))
 	fmt.Printf("new connections to a node that left while an etcd member was paused or killed, later than %s (not counted up to %s): %d, latest %s\n",
 		lateBound, etcdGrace, r.lateEtcd, r.worstEtcd.Round(time.Millisecond))
