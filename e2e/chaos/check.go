@@ -335,11 +335,14 @@ func (e *env) fleetConverged() (bool, string) {
 
 // checkBaseline: before any fault, no connection failed.
 func (e *env) checkBaseline() {
+	e.res.mu.Lock()
 	e.res.storm = -1
+	e.res.mu.Unlock()
 	n, failed := e.load.total()
 	e.res.check("baseline (3s, no fault)", failed == 0 && n > 0, fmt.Sprintf("%d connections, %d failed", n, failed))
 	e.evaluated = make([]int, len(e.lbs))
 	e.dumped = map[string]bool{}
+	e.backAt = map[string]time.Time{}
 	for i := range e.lbs {
 		_, e.evaluated[i] = e.load.since(i, 0)
 	}

@@ -216,6 +216,9 @@ func (e *env) storms(ctx context.Context) error {
 			return ctx.Err()
 		}
 		faults := e.sched.stormFaults(s)
+		e.res.mu.Lock()
+		e.res.storm = s // what the monitors find now belongs to this storm
+		e.res.mu.Unlock()
 		logf("== storm %d: %d faults", s+1, len(faults))
 		t0 := time.Now()
 		var wg sync.WaitGroup

@@ -146,8 +146,12 @@ func run() int {
 		return 0
 	}
 	fmt.Printf("\nFAIL seed %d: %d violations; replay: make chaos SEED=%d DURATION=%s\n", f.seed, len(res.violations), f.seed, f.duration)
-	if f.shrink && ctx.Err() == nil && len(res.failedStorms) > 0 {
+	switch {
+	case !f.shrink || ctx.Err() != nil:
+	case len(res.failedStorms) > 0:
 		shrink(ctx, f, sched, res)
+	default:
+		fmt.Println("the failure is outside every storm (setup or the final checks): replay the whole schedule")
 	}
 	return 1
 }
@@ -256,6 +260,7 @@ type env struct {
 	mon       *monitors
 	evaluated []int // per load balancer: connections checked so far
 	dumped    map[string]bool
+	backAt    map[string]time.Time // firstOK's answers
 }
 
 func logf(format string, a ...any) {

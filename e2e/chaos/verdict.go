@@ -157,6 +157,18 @@ func (e *env) explain(i int, c conn) (string, bool) {
 // (a HAProxy starting refuses a few connections among the first it
 // serves). Zero: not yet.
 func (e *env) firstOK(i int, t time.Time) time.Time {
+	key := fmt.Sprintf("%d@%d", i, t.UnixNano())
+	if back, ok := e.backAt[key]; ok {
+		return back
+	}
+	back := e.findOK(i, t)
+	if !back.IsZero() {
+		e.backAt[key] = back
+	}
+	return back
+}
+
+func (e *env) findOK(i int, t time.Time) time.Time {
 	e.load.mu.Lock()
 	var oks, fails []time.Time
 	for _, c := range e.load.conns[i] {
@@ -199,7 +211,9 @@ func (e *env) activeAt(t time.Time) string {
 // finalChecks: after the last storm, exactly the processes the setup
 // started are left, and a cut-off instance served while cut off.
 func (e *env) finalChecks(ctx context.Context) {
+	e.res.mu.Lock()
 	e.res.storm = -1
+	e.res.mu.Unlock()
 	e.checkConns(-1)
 	want := map[string]int{"register": nBackends}
 	for _, l := range e.lbs {
