@@ -67,7 +67,7 @@ func (e *env) checkConns(storm int) {
 			}
 			id := e.backends[c.backend].id
 			sp, out := e.model.outAt(id, c.start)
-			if !out || (!sp.to.IsZero() && !c.end.Before(sp.to)) {
+			if !out || (!sp.to.IsZero() && !c.end.Before(sp.to)) || e.returnedBy(c.backend, sp.from, c.start) {
 				continue
 			}
 			ref, skip := sp.from, ""
@@ -346,4 +346,20 @@ func (e *env) dumpAround(i int, t time.Time) {
 		_, _ = f.WriteString(b.String())
 		f.Close()
 	}
+}
+
+// returnedBy says whether the harness itself put backend b back in
+// rotation (undrain, its state key removed) between from and t: the
+// model learns of it from its own watch, which may lag behind the load
+// balancers' (its member restarting, say).
+func (e *env) returnedBy(b int, from, t time.Time) bool {
+	e.res.mu.Lock()
+	defer e.res.mu.Unlock()
+	for _, w := range e.res.windows {
+		if w.target == b && (w.kind == drainNode || w.kind == stateFlap) && !w.healed.IsZero() &&
+			!w.healed.Before(from) && !w.healed.After(t) {
+			return true
+		}
+	}
+	return false
 }
