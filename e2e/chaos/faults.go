@@ -205,6 +205,7 @@ type window struct {
 	healed  time.Time
 	healRev int64     // the model's revision at the heal
 	dead    time.Time // kills: when the killed processes were gone
+	healing time.Time // when the heal began
 	err     string
 }
 
@@ -252,6 +253,7 @@ func (e *env) inject(ctx context.Context, t0 time.Time, x fault) *window {
 		logf("fault %s: broken%s", x, memberNote(w))
 	}
 	_ = sleep(ctx, x.dur)
+	w.healing = time.Now()
 	if err := e.heal(ctx, w); err != nil {
 		w.err = strings.TrimPrefix(w.err+"; ", "; ") + "heal: " + err.Error()
 		logf("fault %s: heal failed: %v", x, err)

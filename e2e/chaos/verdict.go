@@ -357,7 +357,7 @@ func (e *env) returnedBy(b int, from, t time.Time) bool {
 	defer e.res.mu.Unlock()
 	for _, w := range e.res.windows {
 		if w.target == b && (w.kind == drainNode || w.kind == stateFlap) && !w.healed.IsZero() &&
-			!w.healed.Before(from) && !w.healed.After(t) {
+			!w.healing.Before(from) && !w.healing.After(t) {
 			return true
 		}
 	}
