@@ -417,3 +417,26 @@ func (e *env) afterStorm(ctx context.Context, storm int) {
 func (e *env) isHAProxyOf(p process, l *lb) bool {
 	return p.is(filepath.Base(e.haproxy)) && p.mentions(l.dir+"/") && !slices.Contains(p.argv, "-c")
 }
+
+// silent lists the stretches when lb i's haconfd did not answer /status
+// (not running: killed, or exited and not started again yet), each until
+// it answered again.
+func (m *monitors) silent(i int) []exclusion {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []exclusion
+	var from time.Time
+	for _, s := range m.samples[i] {
+		switch {
+		case !s.ok && from.IsZero():
+			from = s.at
+		case s.ok && !from.IsZero():
+			out = append(out, exclusion{from: from, to: s.at, why: "haconfd not answering"})
+			from = time.Time{}
+		}
+	}
+	if !from.IsZero() {
+		out = append(out, exclusion{from: from, why: "haconfd not answering"})
+	}
+	return out
+}

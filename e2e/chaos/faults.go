@@ -291,10 +291,14 @@ func (e *env) breakIt(ctx context.Context, w *window) error {
 		return e.top.cut(true)
 	case haconfdKill:
 		l := e.lbs[x.target]
-		if err := l.haconfd.signal(syscall.SIGKILL); err != nil {
+		l.mu.Lock()
+		l.held = true
+		p := l.haconfd
+		l.mu.Unlock()
+		if err := p.signal(syscall.SIGKILL); err != nil {
 			return err
 		}
-		<-l.haconfd.done
+		<-p.done
 		w.dead = time.Now()
 		return nil
 	case haproxyKill:

@@ -41,7 +41,9 @@ type lb struct {
 	sock      string
 	pidfile   string
 	supervise bool
+	mu        sync.Mutex
 	haconfd   *proc
+	held      bool // a haconfd-kill fault keeps it down until its heal
 }
 
 // backend answers every connection with its id.
@@ -68,6 +70,9 @@ func (e *env) run(ctx context.Context) error {
 	e.mon = newMonitors(e)
 	e.mon.start(runCtx)
 	e.startLoad(runCtx)
+	for _, l := range e.lbs {
+		e.load.wg.Go(func() { e.superviseHaconfd(runCtx, l) })
+	}
 	logf("client: %d connections at a time through each of %d frontends", e.f.clients, len(e.lbs))
 	if err := sleep(ctx, 3*time.Second); err != nil {
 		return err
@@ -306,8 +311,37 @@ func (e *env) startHaconfd(l *lb) error {
 		argv = append([]string{"ip", "netns", "exec", l.ns}, argv...)
 	}
 	p, err := e.start(l.name+" haconfd", filepath.Join(l.dir, "haconfd.log"), argv...)
+	l.mu.Lock()
 	l.haconfd = p
+	l.held = false
+	l.mu.Unlock()
 	return err
+}
+
+// superviseHaconfd starts l's haconfd again when it exits on its own, a
+// second later, as systemd's Restart= does (a start refused for a broken
+// template, say); a haconfd-kill fault holds it down until its heal.
+func (e *env) superviseHaconfd(ctx context.Context, l *lb) {
+	for sleep(ctx, 200*time.Millisecond) == nil {
+		l.mu.Lock()
+		p, held := l.haconfd, l.held
+		l.mu.Unlock()
+		if held || !p.exited() {
+			continue
+		}
+		logf("%s: haconfd exited (%v), starting it again in 1s", l.name, p.cmd.ProcessState)
+		if sleep(ctx, time.Second) != nil {
+			return
+		}
+		l.mu.Lock()
+		again := l.haconfd == p && !l.held
+		l.mu.Unlock()
+		if again {
+			if err := e.startHaconfd(l); err != nil {
+				logf("%s: %v", l.name, err)
+			}
+		}
+	}
 }
 
 func (e *env) cleanup() error {

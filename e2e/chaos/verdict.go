@@ -33,7 +33,7 @@ func (e *env) exclusions(i int) []exclusion {
 		}
 		out = append(out, x)
 	}
-	return out
+	return append(out, e.mon.silent(i)...)
 }
 
 // checkConns checks the connections made since the last check: none
@@ -45,6 +45,7 @@ func (e *env) checkConns(storm int) {
 	if storm < 0 {
 		name = "final"
 	}
+	clear(e.backAt)
 	var late, excused, failed, unexplained int
 	var lateEx, failEx []string
 	for i, l := range e.lbs {
@@ -162,9 +163,7 @@ func (e *env) firstOK(i int, t time.Time) time.Time {
 		return back
 	}
 	back := e.findOK(i, t)
-	if !back.IsZero() {
-		e.backAt[key] = back
-	}
+	e.backAt[key] = back // "not yet" too: checkConns forgets them all
 	return back
 }
 
