@@ -419,24 +419,25 @@ func (e *env) isHAProxyOf(p process, l *lb) bool {
 }
 
 // silent lists the stretches when lb i's haconfd did not answer /status
-// (not running: killed, or exited and not started again yet), each until
-// it answered again.
+// (not running: killed, or exited and not started again yet) or said it
+// was not connected to etcd, each until it answered connected again.
 func (m *monitors) silent(i int) []exclusion {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []exclusion
 	var from time.Time
 	for _, s := range m.samples[i] {
+		up := s.ok && s.connected
 		switch {
-		case !s.ok && from.IsZero():
+		case !up && from.IsZero():
 			from = s.at
-		case s.ok && !from.IsZero():
-			out = append(out, exclusion{from: from, to: s.at, why: "haconfd not answering"})
+		case up && !from.IsZero():
+			out = append(out, exclusion{from: from, to: s.at, why: "haconfd not answering or not connected to etcd"})
 			from = time.Time{}
 		}
 	}
 	if !from.IsZero() {
-		out = append(out, exclusion{from: from, why: "haconfd not answering"})
+		out = append(out, exclusion{from: from, why: "haconfd not answering or not connected to etcd"})
 	}
 	return out
 }
