@@ -118,3 +118,18 @@ e2e-docker:
 .PHONY: e2e-vip
 e2e-vip:
 	bash e2e/vip/run.sh
+
+# The chaos soak: a 3-member etcd cluster, three load balancers (one
+# --supervise, one in a network namespace cut off from etcd by faults), 8
+# registered backends and 32 clients per frontend, under random faults
+# chosen by SEED (default: a random one, printed) for DURATION; checks
+# haconfd's promises all the time and prints the faults, the checks, the
+# failed connections by cause and the convergence after each storm. A
+# failing run looks for the smallest fault set that still fails; FAULTS=
+# replays only those (root; installs iproute2, iptables and etcd-server).
+SEED     ?= 0
+DURATION ?= 10m
+FAULTS   ?=
+.PHONY: chaos
+chaos:
+	bash e2e/chaos/run.sh -seed $(SEED) -duration $(DURATION) $(if $(FAULTS),-faults $(FAULTS))

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -231,5 +233,77 @@ func TestSuperviseReloadUnderLoad(t *testing.T) {
 	t.Logf("6 master reloads, 32 clients: %d ok, %d failed connections", okCount.Load(), failCount.Load())
 	if failCount.Load() != 0 {
 		t.Errorf("%d connections failed, first: %v", failCount.Load(), firstErr.Load())
+	}
+}
+
+// TestSuperviseTakesOverAKilledPredecessorsMaster: a haconfd killed with
+// SIGKILL leaves its HAProxy master serving the live file. The next one
+// used to fail every start on the binds that master holds ("bind address
+// already in use") and never served a change again; it must take the
+// listeners over (-x) with no client refused, and soft-stop the old master.
+func TestSuperviseTakesOverAKilledPredecessorsMaster(t *testing.T) {
+	s := newRuntimeSite(t, func(o *Options) {
+		o.Supervise = true
+		o.MasterSocket = filepath.Join(filepath.Dir(o.ConfigPath), "m.sock")
+	})
+	a := startBackend(t, "a")
+	front := freePort(t)
+	cfg := s.rtConfig(front, "roundrobin", rtServer{"a", a.port, ""})
+	if err := os.WriteFile(s.cfg, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The predecessor's master, started as haconfd starts it.
+	old := exec.Command(haproxyBin, "-W", "-S", s.m.opts.MasterSocket+",mode,660", "-f", s.cfg, "-p", s.pid)
+	old.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	oldDone := make(chan struct{})
+	go func() { _ = old.Wait(); close(oldDone) }()
+	t.Cleanup(func() {
+		_ = old.Process.Kill()
+		<-oldDone
+	})
+	eventually(t, 10*time.Second, "the predecessor's master serves", func() bool {
+		got, err := dial(front)
+		return err == nil && got == "a"
+	})
+
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := dial(front); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		})
+	}
+	res, err := s.m.Apply(ctx, cfg)
+	if err != nil || res.Action != ActionStart {
+		cancel()
+		wg.Wait()
+		t.Fatalf("apply = %+v, %v; want a start that takes the predecessor's listeners over", res, err)
+	}
+	select {
+	case <-oldDone:
+	case <-time.After(10 * time.Second):
+		t.Error("the predecessor's master still runs 10s after the takeover")
+	}
+	cancel()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Errorf("%d connections failed during the takeover, first: %v", failed.Load(), firstErr.Load())
+	}
+	pi, err := s.m.ctl.(*masterProc).showProc(t.Context())
+	if err != nil || pi.masterPID == old.Process.Pid || !slices.Equal(pi.workers, []int{res.PID}) {
+		t.Fatalf("show proc = %+v, %v; want our master with worker %d", pi, err, res.PID)
+	}
+	if got, err := dial(front); err != nil || got != "a" {
+		t.Fatalf("client after the takeover = %q, %v", got, err)
 	}
 }

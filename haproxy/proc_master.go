@@ -147,6 +147,11 @@ func (m *masterProc) startMaster() (*masterChild, error) {
 	if m.opts.PIDFile != "" {
 		args = append(args, "-p", m.opts.PIDFile)
 	}
+	if len(alivePIDs(m.orphans)) > 0 && m.opts.Socket != "" {
+		// The listeners of the HAProxy a killed predecessor left: no
+		// connection is refused while ours takes over.
+		args = append(args, "-x", m.opts.Socket)
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("%w: output pipe: %v", ErrStartFailed, err)
@@ -255,6 +260,13 @@ func (m *masterProc) onMasterExit(p *masterChild) {
 func (m *masterProc) state(ctx context.Context) procState {
 	var st procState
 	if m.master == nil || !m.master.alive() {
+		// A predecessor's HAProxy still serving the live file holds its
+		// binds: the start takes them over (-x), they are not taken.
+		if len(alivePIDs(m.orphans)) > 0 && m.opts.Socket != "" {
+			if _, err := ShowInfo(ctx, m.opts.Socket); err == nil {
+				st.answering = true
+			}
+		}
 		return st
 	}
 	if pi, err := m.showProc(ctx); err == nil {
@@ -283,11 +295,15 @@ func (m *masterProc) launch(ctx context.Context, old procState) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		pi, err := m.waitWorker(ctx, p, nil, -1)
+		pi, err := m.waitWorker(ctx, p, alivePIDs(m.orphans), -1)
 		if err != nil {
 			return 0, err
 		}
-		return pi, m.verifySupervised(ctx, p, pi)
+		if err := m.verifySupervised(ctx, p, pi); err != nil {
+			return pi, err
+		}
+		m.stopOrphans()
+		return pi, nil
 	}
 	p := m.master
 	before, err := m.showProc(ctx)
@@ -406,6 +422,10 @@ func (m *masterProc) waitWorker(ctx context.Context, p *masterChild, old []int, 
 		switch {
 		case err != nil:
 			last = err
+		case pi.masterPID != p.pid:
+			// The socket path is still a predecessor's master's until
+			// ours has bound it.
+			last = fmt.Errorf("master socket answered by master %d, not %d", pi.masterPID, p.pid)
 		case failedBefore >= 0 && pi.failed > failedBefore:
 			return 0, fmt.Errorf("%w: master reload failed (show proc: failed %d)%s", ErrStartFailed, pi.failed, m.lastAlertSuffix())
 		default:
@@ -493,6 +513,9 @@ type masterProc struct {
 	outMu        sync.Mutex
 	lastAlert    string
 	restartCh    chan struct{}
+	// orphans: HAProxy processes on the live file that are not ours (a
+	// killed predecessor's), until ours serves; guarded by mu.
+	orphans []int
 }
 
 func newMasterProc(opts Options, log *slog.Logger, mu *sync.Mutex) *masterProc {
@@ -510,7 +533,39 @@ func (m *masterProc) masterPID() int {
 	}
 	return m.master.pid
 }
-func (m *masterProc) adopt() bool { return false }
+
+// adopt notes the HAProxy processes that serve the live file without
+// being ours: the master (and workers) of a haconfd that was killed
+// (SIGKILL, OOM) and could not stop them. They keep serving until our
+// master has taken their listeners over (-x) and serves, then they are
+// soft-stopped. Without this the start failed on their binds for as long
+// as they ran, serving a config nobody updated any more.
+func (m *masterProc) adopt() bool {
+	m.orphans = ourProcesses(m.opts.ConfigPath, nil)
+	if len(m.orphans) > 0 {
+		m.log.Warn("HAProxy processes left by an earlier haconfd serve the live file; taking their listeners over, then soft-stopping them",
+			"pids", m.orphans)
+	}
+	return false
+}
+
+// stopOrphans soft-stops the predecessor's processes (SIGUSR1: a master
+// passes it to its workers, which finish their connections; then it
+// exits). Caller holds m.mu.
+func (m *masterProc) stopOrphans() {
+	for _, p := range alivePIDs(m.orphans) {
+		if m.master != nil && p == m.master.pid {
+			continue
+		}
+		if err := syscall.Kill(p, syscall.SIGUSR1); err != nil {
+			m.log.Warn("soft-stop predecessor's haproxy", "pid", p, "err", err)
+		}
+	}
+	if len(m.orphans) > 0 {
+		m.log.Info("predecessor's HAProxy processes soft-stopped", "pids", m.orphans)
+	}
+	m.orphans = nil
+}
 func (m *masterProc) canReload(procState) string {
 	return ""
 }

@@ -25,12 +25,22 @@ var ErrInvalidOptions = errors.New("invalid watch options")
 // watch channel without saying why.
 var ErrWatchClosed = errors.New("etcd watch channel closed")
 
+// errStalled ends a watch whose stream stopped answering.
+var errStalled = errors.New("etcd watch stalled")
+
 const (
 	defaultPageSize       = 500
 	defaultMinBackoff     = 100 * time.Millisecond
 	defaultMaxBackoff     = 5 * time.Second
 	defaultRequestTimeout = 5 * time.Second
 	defaultProbeInterval  = 5 * time.Second
+	// A watch stream is asked for its progress every progressInterval; a
+	// stream that has not answered for stallTimeout is on a member that
+	// stopped answering (paused, frozen disk, half-open connection): the
+	// probe's Get may go to another member and pass, and gRPC's keepalive
+	// takes 15 s or more, while nodes leave rotation elsewhere.
+	defaultProgressInterval = 250 * time.Millisecond
+	defaultStallTimeout     = time.Second
 	// logEvery: while etcd stays unreachable, log the 1st failure, then
 	// every logEvery-th one (and any failure whose error differs).
 	logEvery = 10
@@ -95,6 +105,8 @@ type EtcdSource struct {
 	// Not options: changed by tests only.
 	requestTimeout  time.Duration // per Get request
 	probeInterval   time.Duration // liveness check of etcd while watching
+	progressEvery   time.Duration // progress requests on the watch stream
+	stallTimeout    time.Duration // a watch stream silent this long after a request is stalled
 	hookBeforeWatch func(rev int64)
 	hookAfterPage   func(rev int64)
 }
@@ -119,6 +131,8 @@ func NewEtcdSource(cli *clientv3.Client, opts Options) (*EtcdSource, error) {
 		diagnose:       opts.Diagnose,
 		requestTimeout: defaultRequestTimeout,
 		probeInterval:  defaultProbeInterval,
+		progressEvery:  defaultProgressInterval,
+		stallTimeout:   defaultStallTimeout,
 	}
 	switch {
 	case e.pageSize < 0:
@@ -240,8 +254,10 @@ func (e *EtcdSource) Run(ctx context.Context, out chan<- Snapshot) error {
 		return fmt.Errorf("watch run: %w: output channel is nil", ErrInvalidOptions)
 	}
 	r := &runner{e: e, out: out, backoff: e.minBackoff}
+	timeout := e.requestTimeout
 	for {
-		state, rev, err := e.read(ctx)
+		state, rev, err := e.read(ctx, timeout)
+		timeout = e.requestTimeout
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -265,6 +281,11 @@ func (e *EtcdSource) Run(ctx context.Context, out chan<- Snapshot) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errStalled) {
+			// The read may go to the member that stopped answering: give
+			// it no more than the stall took, the next one goes elsewhere.
+			timeout = e.stallTimeout
+		}
 		r.watchBroken(ctx, err)
 		if !r.wait(ctx) {
 			return nil
@@ -274,22 +295,22 @@ func (e *EtcdSource) Run(ctx context.Context, out chan<- Snapshot) error {
 
 // read gets every key of every range at one revision: the first page
 // pins the revision for all the others.
-func (e *EtcdSource) read(ctx context.Context) (map[string]KV, int64, error) {
+func (e *EtcdSource) read(ctx context.Context, timeout time.Duration) (map[string]KV, int64, error) {
 	state := make(map[string]KV)
 	var rev int64
 	for _, r := range e.ranges {
-		if err := e.readRange(ctx, r, &rev, state); err != nil {
+		if err := e.readRange(ctx, r, &rev, state, timeout); err != nil {
 			return nil, 0, err
 		}
 	}
 	return state, rev, nil
 }
 
-func (e *EtcdSource) readRange(ctx context.Context, r keyRange, rev *int64, state map[string]KV) error {
+func (e *EtcdSource) readRange(ctx context.Context, r keyRange, rev *int64, state map[string]KV, timeout time.Duration) error {
 	key := r.key
 	for {
 		opts := append(r.opts(), clientv3.WithRev(*rev), clientv3.WithLimit(e.pageSize))
-		rctx, cancel := context.WithTimeout(ctx, e.requestTimeout)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
 		resp, err := e.cli.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
@@ -352,7 +373,14 @@ func (e *EtcdSource) watch(ctx context.Context, rev int64, state map[string]KV, 
 	if e.hookBeforeWatch != nil {
 		e.hookBeforeWatch(rev)
 	}
-	opts := append(e.watchRange.opts(), clientv3.WithRev(rev+1))
+	// The creation is the first request the stream must answer.
+	opts := append(e.watchRange.opts(), clientv3.WithRev(rev+1), clientv3.WithCreatedNotify())
+	answered := make(chan struct{}, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.stallLoop(wctx, cancel, answered)
+	}()
 	wch := e.cli.Watch(wctx, e.watchRange.key, opts...)
 	for {
 		select {
@@ -363,6 +391,10 @@ func (e *EtcdSource) watch(ctx context.Context, rev int64, state map[string]KV, 
 		case resp, ok := <-wch:
 			if !ok {
 				return broken(ErrWatchClosed)
+			}
+			select {
+			case answered <- struct{}{}:
+			default:
 			}
 			if resp.CompactRevision != 0 {
 				return &errCompacted{rev: rev + 1, compactRev: resp.CompactRevision}
@@ -436,6 +468,45 @@ func (e *EtcdSource) probeLoop(ctx context.Context, cancel context.CancelCauseFu
 				cancel(err)
 				return
 			}
+		}
+	}
+}
+
+// stallLoop asks the watch stream of ctx for its progress every
+// progressEvery, once the previous request (first: the creation) was
+// answered (any response counts: the watch loop signals answered); when
+// one stays unanswered for stallTimeout it cancels ctx: the member the
+// stream is on stopped answering, the next read goes to the others. A
+// member that answers nothing is otherwise seen only by gRPC's keepalive,
+// 15 s or more later, while the other members go on and nodes leave
+// rotation unseen.
+func (e *EtcdSource) stallLoop(ctx context.Context, cancel context.CancelCauseFunc, answered <-chan struct{}) {
+	t := time.NewTicker(e.progressEvery)
+	defer t.Stop()
+	asked := time.Now()
+	waiting := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-answered:
+			waiting = false
+		case now := <-t.C:
+			if waiting {
+				if now.Sub(asked) >= e.stallTimeout {
+					cancel(fmt.Errorf("%w: no answer from its member for %s", errStalled, now.Sub(asked).Round(time.Millisecond)))
+					return
+				}
+				continue
+			}
+			// Same ctx as the watch: the request goes on its stream.
+			if err := e.cli.RequestProgress(ctx); err != nil {
+				if ctx.Err() == nil {
+					cancel(fmt.Errorf("etcd watch progress request: %w", err))
+				}
+				return
+			}
+			asked, waiting = now, true
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,6 +320,40 @@ func firstLine(s, substr string) string {
 		}
 	}
 	return ""
+}
+
+// A member that stops answering (SIGSTOP: a frozen VM, a stuck disk) keeps
+// its TCP connections, so gRPC still calls the connection READY and its
+// keepalive takes 15 s or more; the probe's Get may go to another member.
+// The watch stream itself must notice (its progress requests go
+// unanswered) and end, so that the next read goes elsewhere. The probe is
+// off here: only the stream can tell.
+func TestPausedMemberEndsWatch(t *testing.T) {
+	p := etcdtest.StartProcess(t)
+	cli := newClient(t, p.Endpoints())
+	var rec statusRecorder
+	e := newEtcd(t, cli, Options{
+		Prefixes:   []string{"/p"},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 200 * time.Millisecond,
+		OnStatus:   rec.record,
+	})
+	e.requestTimeout = time.Second
+	e.probeInterval = time.Hour
+	runCollected(t, e)
+	rec.waitFor(t, true)
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
+	st := rec.waitFor(t, false)
+	if st.Err == nil || !strings.Contains(st.Err.Error(), "stalled") {
+		t.Fatalf("status %+v: want the stalled watch as the reason", st)
+	}
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, true)
 }
 
 // A member that lost its leader (its peers are gone) ends the watch on it

@@ -136,3 +136,7 @@ func Version(bin string) string {
 	first, _, _ := strings.Cut(string(out), "\n")
 	return strings.TrimSpace(first)
 }
+
+// Signal sends sig to the member (SIGSTOP: a member that stops answering
+// but keeps its connections, as a frozen VM or a stuck disk does).
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }

@@ -8,6 +8,7 @@ import (
 	"github.com/haconfd/haconfd/internal/testbed"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -359,6 +360,67 @@ func TestLatestChangeSeesDeletesOnEtcd34(t *testing.T) {
 		if got != del.Header.Revision {
 			t.Fatalf("round %d: latest change %d (%s), want the delete at %d", i, got, note, del.Header.Revision)
 		}
+	}
+}
+
+// A release that etcd does not take (its member stops answering for a
+// while) left the slot's key on the holder's lease, which the publisher
+// keeps alive: every other instance waited LockWait (2 minutes by
+// default) for a slot nobody used. The delete is retried until etcd
+// takes it, so the next instance gets the slot once etcd answers again.
+func TestFleetSlotFreedAfterAFailedRelease(t *testing.T) {
+	p := etcdtest.StartProcess(t)
+	newCli := func() *clientv3.Client {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: p.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cli.Close() })
+		return cli
+	}
+	// A TTL longer than the pause: the holder's lease outlives it.
+	pa, _ := startPublisher(t, newCli(), "a", time.Minute)
+	pb, _ := startPublisher(t, newCli(), "b", time.Minute)
+	opts := StaggerOptions{Slots: 1, LockWait: time.Hour}
+	sa, err := NewStagger(pa, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := NewStagger(pb, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	att := Attempt{Action: "reload", Change: "c1", Coordinate: true}
+	relA, err := sa.Acquire(t.Context(), att)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
+	relA(true, nil) // its publish and its delete time out
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		rel, err := sb.Acquire(t.Context(), att)
+		if err == nil {
+			rel(true, nil)
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("b still waits for the slot a released while etcd did not answer")
+	}
+	if rb := pb.Report().Reloads; len(rb) != 1 || !rb[0].Coordinated {
+		t.Errorf("b's reloads %+v: want one, coordinated", rb)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -51,6 +52,17 @@ type Stagger struct {
 	pub  *Publisher
 	opts StaggerOptions
 	log  *slog.Logger
+
+	// retry is the background release of a slot whose delete etcd did not
+	// take (nil when none runs); guarded by mu.
+	mu    sync.Mutex
+	retry *releaseRetry
+}
+
+// releaseRetry retries the delete of a slot's key until etcd takes it.
+type releaseRetry struct {
+	stop chan struct{}
+	done chan struct{}
 }
 
 // NewStagger returns a Stagger that uses pub's lease and status.
@@ -92,7 +104,7 @@ func (s *Stagger) Acquire(ctx context.Context, a Attempt) (release func(ok bool,
 	if err := s.checkWave(ctx, a.Change); err != nil {
 		return nil, err
 	}
-	var mu *concurrency.Mutex
+	var mu *heldSlot
 	if a.Coordinate {
 		mu, err = s.lock(ctx)
 		if err != nil {
@@ -180,7 +192,17 @@ func (s *Stagger) checkWave(ctx context.Context, change string) error {
 // on one chosen by the instance name. It returns nil (and no error) when
 // coordination is not possible (no lease in time, etcd refused, slot not
 // free within LockWait): the reload then goes ahead uncoordinated.
-func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
+// heldSlot is a reload slot held: its mutex and the session it is on.
+type heldSlot struct {
+	mu   *concurrency.Mutex
+	sess *concurrency.Session
+}
+
+func (s *Stagger) lock(ctx context.Context) (*heldSlot, error) {
+	// A slot key this instance still holds from a release etcd did not
+	// take is on the same lease: the new mutex takes it over, the
+	// background delete must not remove it under the new holder.
+	s.stopRetry()
 	since := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SessionWait)
 	sess, err := s.pub.session(sctx)
@@ -199,7 +221,7 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 		cancel()
 		switch {
 		case err == nil:
-			return mu, nil
+			return &heldSlot{mu, sess}, nil
 		case errors.Is(err, concurrency.ErrLocked):
 			continue
 		case ctx.Err() != nil:
@@ -230,7 +252,7 @@ func (s *Stagger) lock(ctx context.Context) (*concurrency.Mutex, error) {
 		return nil, nil
 	}
 	s.log.Info("reload slot taken", "slot", slot, "waited", time.Since(since).Round(time.Millisecond))
-	return mu, nil
+	return &heldSlot{mu, sess}, nil
 }
 
 // clearWaiting removes the "waiting for a reload slot" note once no slot
@@ -252,10 +274,63 @@ func (s *Stagger) uncoordinated(err error) {
 	s.log.Warn("reloading without coordination", "err", err)
 }
 
-func (s *Stagger) unlock(mu *concurrency.Mutex) {
+// unlock frees the slot. When etcd does not take the delete (the member
+// stopped answering, no leader for a while), the key stays on the
+// session's lease, which the publisher keeps alive: every other instance
+// would wait LockWait for the slot (2 minutes by default). So the delete
+// is retried in the background until etcd takes it, the session ends (the
+// key goes with its lease) or this instance takes a slot again.
+func (s *Stagger) unlock(held *heldSlot) {
+	mu := held.mu
+	err := tryUnlock(mu)
+	if err == nil {
+		return
+	}
+	s.log.Warn("release reload slot failed; retrying in the background", "err", err)
+	r := &releaseRetry{stop: make(chan struct{}), done: make(chan struct{})}
+	s.mu.Lock()
+	s.retry = r
+	s.mu.Unlock()
+	sessDone := held.sess.Done()
+	go func() {
+		defer close(r.done)
+		backoff := 100 * time.Millisecond
+		for {
+			t := time.NewTimer(backoff)
+			select {
+			case <-r.stop:
+				t.Stop()
+				return
+			case <-sessDone:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			err := tryUnlock(mu)
+			if err == nil || errors.Is(err, concurrency.ErrLockReleased) {
+				s.log.Info("reload slot released")
+				return
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+	}()
+}
+
+func tryUnlock(mu *concurrency.Mutex) error {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	if err := mu.Unlock(ctx); err != nil {
-		s.log.Warn("release reload slot (it expires with the lease)", "err", err)
+	return mu.Unlock(ctx)
+}
+
+// stopRetry ends a background release, if one runs, and waits for it.
+func (s *Stagger) stopRetry() {
+	s.mu.Lock()
+	r := s.retry
+	s.retry = nil
+	s.mu.Unlock()
+	if r == nil {
+		return
 	}
+	close(r.stop)
+	<-r.done
 }
