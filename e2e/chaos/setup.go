@@ -114,7 +114,7 @@ func (e *env) prepare(ctx context.Context) error {
 	if err := copyFile(e.f.haconfd, e.haconfd, 0o755); err != nil {
 		return err
 	}
-	subnet, err := pickNet()
+	subnet, err := testbed.FreeSubnet()
 	if err != nil {
 		return err
 	}

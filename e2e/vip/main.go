@@ -45,6 +45,7 @@ import (
 
 	"github.com/haconfd/haconfd/internal/etcdserver"
 	"github.com/haconfd/haconfd/internal/selfcheck"
+	"github.com/haconfd/haconfd/internal/testbed"
 	"github.com/haconfd/haconfd/internal/testhaproxy"
 )
 
@@ -244,7 +245,7 @@ func (e *env) prepare() error {
 		return err
 	}
 
-	subnet, err := pickNet()
+	subnet, err := testbed.FreeSubnet()
 	if err != nil {
 		return err
 	}
