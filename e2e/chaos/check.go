@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/haconfd/haconfd/haproxy"
+	"github.com/haconfd/haconfd/internal/testbed"
 )
 
 // result is what one run found.
@@ -106,7 +107,7 @@ func (m *monitors) wait() { m.wg.Wait() }
 func (m *monitors) configLoop(ctx context.Context, i int, l *lb) {
 	var last [32]byte
 	tmp := filepath.Join(l.dir, "checked.cfg")
-	for sleep(ctx, 50*time.Millisecond) == nil {
+	for testbed.Sleep(ctx, 50*time.Millisecond) == nil {
 		b, err := os.ReadFile(l.cfg)
 		if err != nil {
 			m.e.res.check(l.name+" config readable", false, err.Error())
@@ -142,7 +143,7 @@ func (m *monitors) configLoop(ctx context.Context, i int, l *lb) {
 // statusLoop reads haconfd's /status every 100 ms.
 func (m *monitors) statusLoop(ctx context.Context, i int, l *lb) {
 	hc := &http.Client{Timeout: 300 * time.Millisecond}
-	for sleep(ctx, 100*time.Millisecond) == nil {
+	for testbed.Sleep(ctx, 100*time.Millisecond) == nil {
 		s := statusSample{at: time.Now()}
 		if resp, err := hc.Get("http://" + l.listen + "/status"); err == nil {
 			var st struct {
@@ -176,7 +177,7 @@ func (m *monitors) caughtUp(i int, t time.Time, rev int64) (time.Time, bool) {
 // procLoop counts the processes every 2 s: more HAProxy processes than
 // reloads explain, or two haconfd for one load balancer, is a leak.
 func (m *monitors) procLoop(ctx context.Context) {
-	for sleep(ctx, 2*time.Second) == nil {
+	for testbed.Sleep(ctx, 2*time.Second) == nil {
 		counts := m.e.processCounts()
 		m.mu.Lock()
 		for k, n := range counts {
@@ -367,7 +368,7 @@ func (e *env) afterStorm(ctx context.Context, storm int) {
 	// grows by reloadSlot per instance after the first.
 	var detail string
 	var serversAt time.Time
-	err := waitFor(ctx, 30*time.Second, func() bool {
+	err := testbed.WaitFor(ctx, 30*time.Second, func() bool {
 		for _, l := range e.lbs {
 			live, err := e.liveServers(l)
 			if err != nil {
@@ -408,7 +409,7 @@ func (e *env) afterStorm(ctx context.Context, storm int) {
 		e.res.check(fmt.Sprintf("storm %d: haconfd status converged within %s", storm+1, wave), took <= wave,
 			fmt.Sprintf("%s after the last change", took.Round(time.Millisecond)))
 	}
-	_ = sleep(ctx, time.Until(from.Add(e.f.quiet)))
+	_ = testbed.Sleep(ctx, time.Until(from.Add(e.f.quiet)))
 	e.checkConns(storm)
 }
 

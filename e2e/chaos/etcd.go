@@ -66,7 +66,7 @@ func (e *env) startEtcd(ctx context.Context) error {
 		return err
 	}
 	e.cli = cli
-	return waitFor(ctx, 60*time.Second, func() bool {
+	return testbed.WaitFor(ctx, 60*time.Second, func() bool {
 		c, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		_, err := cli.Put(c, "/chaos-ready", "1")

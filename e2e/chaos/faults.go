@@ -13,6 +13,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/haconfd/haconfd/internal/testbed"
 )
 
 // The fault kinds. Each one takes one resource for its storm (see
@@ -242,7 +244,7 @@ func (e *env) storms(ctx context.Context) error {
 // heals.
 func (e *env) inject(ctx context.Context, t0 time.Time, x fault) *window {
 	w := &window{fault: x, member: -1}
-	if sleep(ctx, time.Until(t0.Add(x.at))) != nil {
+	if testbed.Sleep(ctx, time.Until(t0.Add(x.at))) != nil {
 		return w
 	}
 	w.began = time.Now()
@@ -252,7 +254,7 @@ func (e *env) inject(ctx context.Context, t0 time.Time, x fault) *window {
 	} else {
 		logf("fault %s: broken%s", x, memberNote(w))
 	}
-	_ = sleep(ctx, x.dur)
+	_ = testbed.Sleep(ctx, x.dur)
 	w.healing = time.Now()
 	if err := e.heal(ctx, w); err != nil {
 		w.err = strings.TrimPrefix(w.err+"; ", "; ") + "heal: " + err.Error()
@@ -310,7 +312,7 @@ func (e *env) breakIt(ctx context.Context, w *window) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		// Connections dialed until they are gone still succeed.
-		_ = waitFor(ctx, 5*time.Second, func() bool { return !anyAlive(pids) })
+		_ = testbed.WaitFor(ctx, 5*time.Second, func() bool { return !anyAlive(pids) })
 		w.dead = time.Now()
 		return nil
 	case leaseExpire, nodeRemove:
@@ -403,7 +405,7 @@ func (e *env) retry(ctx context.Context, op func(context.Context) error) error {
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		_ = sleep(ctx, 200*time.Millisecond)
+		_ = testbed.Sleep(ctx, 200*time.Millisecond)
 	}
 	return err
 }

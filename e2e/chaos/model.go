@@ -9,6 +9,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/haconfd/haconfd/internal/testbed"
 )
 
 // model is the harness's own view of the nodes, from its own watch of the
@@ -71,7 +73,7 @@ func (m *model) start(ctx context.Context, cli *clientv3.Client) error {
 				m.recompute(now)
 				m.mu.Unlock()
 			}
-			_ = sleep(ctx, 100*time.Millisecond)
+			_ = testbed.Sleep(ctx, 100*time.Millisecond)
 		}
 	}()
 	return nil

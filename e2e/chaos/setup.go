@@ -74,7 +74,7 @@ func (e *env) run(ctx context.Context) error {
 		e.load.wg.Go(func() { e.superviseHaconfd(runCtx, l) })
 	}
 	logf("client: %d connections at a time through each of %d frontends", e.f.clients, len(e.lbs))
-	if err := sleep(ctx, 3*time.Second); err != nil {
+	if err := testbed.Sleep(ctx, 3*time.Second); err != nil {
 		return err
 	}
 	e.checkBaseline()
@@ -145,7 +145,7 @@ func (e *env) prepare(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := waitFor(ctx, 30*time.Second, func() bool { return len(e.model.inRotation()) == nBackends }); err != nil {
+	if err := testbed.WaitFor(ctx, 30*time.Second, func() bool { return len(e.model.inRotation()) == nBackends }); err != nil {
 		return fmt.Errorf("the %d registrars: only %d nodes in etcd after 30s", nBackends, len(e.model.inRotation()))
 	}
 	logf("backends: %d registered by haconfd register (--ttl %s) on %s", nBackends, e.f.ttl, e.top.dataIP())
@@ -160,7 +160,7 @@ func (e *env) prepare(ctx context.Context) error {
 		}
 	}
 	for _, l := range e.lbs {
-		if err := waitFor(ctx, 60*time.Second, func() bool {
+		if err := testbed.WaitFor(ctx, 60*time.Second, func() bool {
 			st, err := e.liveServers(l)
 			return err == nil && sameSet(st, e.model.inRotation())
 		}); err != nil {
@@ -322,7 +322,7 @@ func (e *env) startHaconfd(l *lb) error {
 // second later, as systemd's Restart= does (a start refused for a broken
 // template, say); a haconfd-kill fault holds it down until its heal.
 func (e *env) superviseHaconfd(ctx context.Context, l *lb) {
-	for sleep(ctx, 200*time.Millisecond) == nil {
+	for testbed.Sleep(ctx, 200*time.Millisecond) == nil {
 		l.mu.Lock()
 		p, held := l.haconfd, l.held
 		l.mu.Unlock()
@@ -330,7 +330,7 @@ func (e *env) superviseHaconfd(ctx context.Context, l *lb) {
 			continue
 		}
 		logf("%s: haconfd exited (%v), starting it again in 1s", l.name, p.cmd.ProcessState)
-		if sleep(ctx, time.Second) != nil {
+		if testbed.Sleep(ctx, time.Second) != nil {
 			return
 		}
 		l.mu.Lock()

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/haconfd/haconfd/internal/testbed"
 )
 
 // exclusion is a stretch during which a load balancer could not know of
@@ -223,7 +225,7 @@ func (e *env) finalChecks(ctx context.Context) {
 		}
 	}
 	var got map[string]int
-	err := waitFor(ctx, 15*time.Second, func() bool {
+	err := testbed.WaitFor(ctx, 15*time.Second, func() bool {
 		got = e.processCounts()
 		for k, n := range want {
 			if got[k] != n {

@@ -446,7 +446,7 @@ func (e *env) startAll(ctx context.Context) error {
 		}
 	}
 	var h *lb
-	if err := waitFor(ctx, 30*time.Second, func() bool { h = e.soleHolder(); return h != nil }); err != nil {
+	if err := testbed.WaitFor(ctx, 30*time.Second, func() bool { h = e.soleHolder(); return h != nil }); err != nil {
 		return fmt.Errorf("no load balancer took the virtual IP within 30s (holders %v)", e.mon.holders())
 	}
 	if err := e.checkHolderByIP(h); err != nil {
@@ -459,7 +459,7 @@ func (e *env) startAll(ctx context.Context) error {
 	if e.client, err = startClient(cmd); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 10*time.Second, func() bool { a, ok := e.client.lastOK(); return ok && a.lb == h.ip }); err != nil {
+	if err := testbed.WaitFor(ctx, 10*time.Second, func() bool { a, ok := e.client.lastOK(); return ok && a.lb == h.ip }); err != nil {
 		return fmt.Errorf("the client never connected through %s", e.vip)
 	}
 	return nil
@@ -518,7 +518,7 @@ func checkDetail(r selfcheck.Report, name string) string {
 
 func (e *env) waitHealthy(ctx context.Context, l *lb, d time.Duration) error {
 	var last string
-	err := waitFor(ctx, d, func() bool {
+	err := testbed.WaitFor(ctx, d, func() bool {
 		code, _, out := e.self(l)
 		last = out
 		return code == 0
@@ -599,7 +599,7 @@ func (e *env) measureCheck() error {
 // baseline: nothing breaks for 5 s; no connection may fail.
 func (e *env) baseline(ctx context.Context) error {
 	t0 := time.Now()
-	if err := sleep(ctx, 5*time.Second); err != nil {
+	if err := testbed.Sleep(ctx, 5*time.Second); err != nil {
 		return err
 	}
 	all := e.client.between(t0, time.Now())
@@ -739,33 +739,6 @@ func copyFile(from, to string, mode os.FileMode) error {
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
-}
-
-// waitFor polls cond every 20 ms for at most d.
-func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
-			return err
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func pidsIn(file string) []int {

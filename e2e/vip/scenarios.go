@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/haconfd/haconfd/internal/testbed"
 )
 
 // scenario breaks the holder h and brings it back.
@@ -241,7 +243,7 @@ func (e *env) breakConfig(ctx context.Context, h *lb) error {
 		return err
 	}
 	var last string
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := testbed.WaitFor(ctx, 30*time.Second, func() bool {
 		code, r, out := e.self(h)
 		last = out
 		return code == 1 && strings.Contains(failedChecks(r), "apply")
@@ -258,7 +260,7 @@ func (e *env) breakConfig(ctx context.Context, h *lb) error {
 func (e *env) waveStopped(ctx context.Context, h *lb) error {
 	for _, o := range e.others(h) {
 		var last string
-		if err := waitFor(ctx, 30*time.Second, func() bool {
+		if err := testbed.WaitFor(ctx, 30*time.Second, func() bool {
 			code, r, out := e.self(o)
 			last = out
 			return code == 0 && strings.Contains(checkDetail(r, "config"), "wave stopped")
@@ -304,7 +306,7 @@ func (e *env) etcdBack(ctx context.Context, _ *lb) error {
 		return err
 	}
 	at := map[string]time.Duration{}
-	if err := waitFor(ctx, 60*time.Second, func() bool {
+	if err := testbed.WaitFor(ctx, 60*time.Second, func() bool {
 		for _, l := range e.lbs {
 			if _, ok := at[l.name]; !ok {
 				if code, _, _ := e.self(l); code == 0 {
@@ -327,7 +329,7 @@ func (e *env) etcdBack(ctx context.Context, _ *lb) error {
 // allSoftFailedWithin waits until every load balancer fails status
 // --self on etcd only.
 func (e *env) allSoftFailedWithin(ctx context.Context, d time.Duration) error {
-	if err := waitFor(ctx, d, func() bool { return e.allSoftFailed(ctx, nil) == nil }); err != nil {
+	if err := testbed.WaitFor(ctx, d, func() bool { return e.allSoftFailed(ctx, nil) == nil }); err != nil {
 		return fmt.Errorf("not every load balancer failed on etcd alone within %s: %v", d, e.allSoftFailed(ctx, nil))
 	}
 	return nil
@@ -340,7 +342,7 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 	fmt.Println()
 	logf("== %s", s.name)
 	var h *lb
-	if err := waitFor(ctx, 30*time.Second, func() bool { h = e.soleHolder(); return h != nil }); err != nil {
+	if err := testbed.WaitFor(ctx, 30*time.Second, func() bool { h = e.soleHolder(); return h != nil }); err != nil {
 		res.err = fmt.Errorf("no single holder before the scenario: %v", e.mon.holders())
 		return res
 	}
@@ -365,7 +367,7 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 	logf("broke %s", h.name)
 	var to *lb
 	if s.moves {
-		err := waitFor(ctx, 60*time.Second, func() bool {
+		err := testbed.WaitFor(ctx, 60*time.Second, func() bool {
 			if s.recovers != nil && s.recovers(h) && slices.Equal(e.mon.holders(), []string{h.name}) {
 				res.recovered = time.Since(tb)
 				return true
@@ -393,7 +395,7 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 			logf("address on %s %s after the break", to.name, res.failover.Round(time.Millisecond))
 		}
 	} else {
-		if err := sleep(ctx, s.watch); err != nil {
+		if err := testbed.Sleep(ctx, s.watch); err != nil {
 			res.err = err
 			return res
 		}
@@ -407,7 +409,7 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 			res.err = err
 		}
 	}
-	_ = sleep(ctx, 2*time.Second)
+	_ = testbed.Sleep(ctx, 2*time.Second)
 	tf := time.Now()
 	if err := s.fix(ctx, h); err != nil && res.err == nil {
 		res.err = fmt.Errorf("bring back: %w", err)
@@ -418,10 +420,10 @@ func (e *env) runScenario(ctx context.Context, s scenario) (res result) {
 	res.back = time.Since(tf)
 	logf("%s healthy again %s after it was brought back", h.name, res.back.Round(time.Millisecond))
 	if s.stale {
-		_ = waitFor(ctx, 10*time.Second, func() bool { return len(e.mon.holders()) == 1 })
+		_ = testbed.WaitFor(ctx, 10*time.Second, func() bool { return len(e.mon.holders()) == 1 })
 	}
 	// The address must not move back: equal priorities never preempt.
-	_ = sleep(ctx, 4*time.Second)
+	_ = testbed.Sleep(ctx, 4*time.Second)
 	te := time.Now()
 	res.after = strings.Join(e.mon.holders(), "+")
 	res.to = h.name
